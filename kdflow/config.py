@@ -1,0 +1,178 @@
+"""The run configuration: typed, frozen, loaded from YAML with ``yaml.safe_load``.
+
+One ``Config`` describes a whole run. Every step receives the same resolved config (as YAML text,
+so a KFP component takes one primitive string) and reads the sections it needs. Unknown keys and
+wrong types are errors (see ``kdflow.typed``); value ranges are checked here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from kdflow.errors import ConfigError
+from kdflow.typed import from_dict, to_dict
+
+
+def _check(ok: bool, key: str, problem: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {problem}", fix)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Ingest and preprocessing (the preprocessing spec is part of the soft-label cache key)."""
+
+    image_size: int = 32  # every image is resized to image_size x image_size
+    val_fraction: float = 0.1  # of the train split, when the data has no val/ subtree
+    test_fraction: float = 0.2  # of all data, when the data has no test/ subtree
+    seed: int = 0  # seeds the stratified split
+    shard_size: int = 8192  # samples per shard
+
+    def __post_init__(self) -> None:
+        _check(4 <= self.image_size <= 1024, "data.image_size", f"is {self.image_size}", "use 4..1024")
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            _check(0.0 <= v < 1.0, f"data.{name}", f"is {v}", "use a fraction in [0, 1)")
+        _check(self.val_fraction + self.test_fraction < 1.0, "data.val_fraction",
+               "plus data.test_fraction leaves no training data", "make their sum less than 1")
+        _check(self.shard_size >= 1, "data.shard_size", f"is {self.shard_size}", "use a positive count")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """How the teacher is loaded and what of its output is cached."""
+
+    arch: str | None = None  # kdflow model name, for state_dict checkpoints (and for bootstrap)
+    # Normalisation of [0, 1] pixels the teacher was trained with; null: the dataset's train stats.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    top_k: int = 10  # logits kept per sample; full rows when the class count is <= top_k
+    batch_size: int = 512
+    bootstrap_epochs: int = 20  # epochs for the teacher trained when none is given
+
+    def __post_init__(self) -> None:
+        _check(self.top_k >= 1, "teacher.top_k", f"is {self.top_k}", "use k >= 1")
+        _check(self.batch_size >= 1, "teacher.batch_size", f"is {self.batch_size}", "use a positive size")
+        _check((self.mean is None) == (self.std is None), "teacher.mean",
+               "and teacher.std must be given together", "set both, or neither")
+        if self.std is not None:
+            _check(all(s > 0 for s in self.std), "teacher.std", "has a value <= 0", "use positive stds")
+            _check(len(self.std) == len(self.mean or ()), "teacher.std",
+                   "and teacher.mean differ in length", "give one value per channel in each")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    arch: str = "convnet_s"  # kdflow model name (kdflow models lists them)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation loop, shared by every distillation method and by teacher bootstrap."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 0  # linear warm-up before the cosine decay
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", f"is {self.epochs}", "use at least 1")
+        _check(self.batch_size >= 1, "train.batch_size", f"is {self.batch_size}", "use a positive size")
+        _check(self.lr > 0, "train.lr", f"is {self.lr}", "use a positive learning rate")
+        _check(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs",
+               f"is {self.warmup_epochs}", "use 0 <= warmup_epochs < epochs")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Which distiller runs, and its own typed options (each distiller declares an Options class)."""
+
+    method: str = "kd"
+    options: Any = None  # resolved to the method's Options dataclass by Config.from_dict
+
+    def __post_init__(self) -> None:
+        # Imported here, not at module import: the registry pulls in torch.
+        from kdflow.distillers import get_distiller_class
+
+        cls = get_distiller_class(self.method)
+        if not dataclasses.is_dataclass(self.options):
+            object.__setattr__(self, "options", from_dict(cls.Options, self.options, "distill.options"))
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The ship/no-ship decision on the test split (accuracies as fractions in [0, 1])."""
+
+    min_accuracy: float = 0.0  # absolute floor for the student's top-1
+    max_drop: float = 0.03  # largest allowed teacher top-1 minus student top-1
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.min_accuracy <= 1, "gate.min_accuracy", f"is {self.min_accuracy}",
+               "use a fraction in [0, 1] (0.9 means 90%)")
+        _check(0 <= self.max_drop <= 1, "gate.max_drop", f"is {self.max_drop}",
+               "use a fraction in [0, 1] (0.03 means 3 points)")
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    model_name: str = "kdflow-student"  # MLflow registered model name
+    alias: str = "challenger"  # alias a passing student receives
+    experiment: str = "kdflow"  # MLflow experiment of the runs
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model_name.strip()), "registry.model_name", "is empty", "name the model")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run. ``data_uri`` and friends are inputs a CLI flag or pipeline parameter may override."""
+
+    data_uri: str | None = None  # image folder (root/<class>/<file>, optionally train/ and test/)
+    teacher_uri: str | None = None  # TorchScript file, state_dict checkpoint or models:/ URI
+    cache_uri: str | None = None  # soft-label cache root: a folder, file:// or s3://
+    tracking_uri: str | None = None  # MLflow tracking URI
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Config":
+        return from_dict(cls, data)
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "config") -> "Config":
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source} is not valid YAML: {exc}", "fix the YAML syntax") from exc
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist", "pass the path of a YAML file")
+        return cls.from_yaml(p.read_text(), source=str(p))
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,1 @@
+"""Data: ingest image folders, de-duplicate, split, shard; read shards back as tensors."""

@@ -1,0 +1,105 @@
+"""The preprocess step: image folder in, verified shards and a manifest out."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from kdflow import __version__
+from kdflow.config import DataConfig
+from kdflow.data.imagefolder import decode_all, scan
+from kdflow.data.shards import (
+    FORMAT,
+    DatasetManifest,
+    SplitArrays,
+    fingerprint,
+    write_manifest,
+    write_split_shards,
+)
+from kdflow.data.split import Sample, assign_splits, deduplicate
+from kdflow.errors import DataError
+from kdflow.storage import join, local_path, storage_for
+
+log = logging.getLogger(__name__)
+
+
+def _arrays(samples: list[Sample], size: int) -> SplitArrays:
+    if not samples:
+        return SplitArrays(np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64), np.zeros(0, "<U16"))
+    return SplitArrays(
+        images=np.stack([s.image for s in samples]),
+        labels=np.array([s.label for s in samples], dtype=np.int64),
+        ids=np.array([s.id for s in samples], dtype="<U16"),
+    )
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images [N, H, W, C], on [0, 1] pixels."""
+    x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    mean = x.mean(axis=0)
+    std = np.sqrt(np.maximum((x * x).mean(axis=0) - mean * mean, 0.0))
+    return [round(float(v), 6) for v in mean], [round(float(max(v, 1e-6)), 6) for v in std]
+
+
+def preprocess(data_uri: str, out_root: str, cfg: DataConfig) -> DatasetManifest:
+    """Ingest ``data_uri`` (a local image folder) and write shards plus manifest under ``out_root``.
+
+    The manifest is written last: a folder without one is not a dataset.
+    """
+    if "://" in data_uri and not data_uri.startswith("file://"):
+        raise DataError(
+            f"data URI {data_uri} is not a local folder; preprocess reads image folders from local disk",
+            "copy the folder locally (or mount it into the step) and pass its path",
+        )
+    root = local_path(data_uri)
+    candidates, class_names, stray = scan(root)
+    if len(class_names) < 2:
+        raise DataError(f"{root} has {len(class_names)} class folder(s)", "a classifier needs at least 2 classes")
+    decoded = decode_all(candidates, cfg.image_size)
+    dropped = stray + [{"path": d.rel, "reason": d.reason} for d in decoded if d.image is None]
+    samples, dup_report = deduplicate([d for d in decoded if d.image is not None], class_names)
+    if not samples:
+        raise DataError(f"no readable images in {root}", "check the files; the report lists why each was dropped")
+    splits = assign_splits(samples, class_names, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+
+    spec = {
+        "image_size": cfg.image_size,
+        "channels": 3,
+        "resize": "bilinear",
+        "val_fraction": cfg.val_fraction,
+        "test_fraction": cfg.test_fraction,
+        "seed": cfg.seed,
+    }
+    split_info: dict[str, dict] = {}
+    mean = std = None
+    for name, members in splits.items():
+        arrays = _arrays(members, cfg.image_size)
+        if name == "train":
+            mean, std = channel_stats(arrays.images)  # train only: val/test statistics must not leak
+        split_info[name] = {
+            "count": len(arrays),
+            "class_counts": np.bincount(arrays.labels, minlength=len(class_names)).tolist(),
+            "shards": write_split_shards(out_root, name, arrays, cfg.shard_size),
+        }
+    report = {"dropped": dropped, "duplicates": dup_report}
+    manifest = {
+        "format": FORMAT,
+        "kdflow_version": __version__,
+        "source": str(root),
+        "spec": spec,
+        "class_names": class_names,
+        "splits": split_info,
+        "stats": {"mean": mean, "std": std},
+        "report": {"files_seen": len(candidates) + len(stray), "dropped": len(dropped),
+                   "duplicates_removed": len(dup_report)},
+        "fingerprint": fingerprint(spec, class_names, split_info),
+    }
+    storage_for(out_root).write_bytes(join(out_root, "report.json"), json.dumps(report, indent=2).encode())
+    write_manifest(out_root, manifest)
+    log.info("preprocess: %d samples kept, %d files dropped, %d duplicates removed, fingerprint %s",
+             sum(i["count"] for i in split_info.values()), len(dropped), len(dup_report),
+             manifest["fingerprint"][:12])
+    return DatasetManifest(out_root, manifest)

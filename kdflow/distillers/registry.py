@@ -1,0 +1,38 @@
+"""Distiller registry: ``@register_distiller`` and one constructor signature for every method."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from kdflow.distillers.base import Distiller
+from kdflow.errors import ConfigError
+
+_DISTILLERS: dict[str, type[Distiller]] = {}
+
+
+def register_distiller(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
+    def wrap(cls: type[Distiller]) -> type[Distiller]:
+        if name in _DISTILLERS:
+            raise ValueError(f"distiller '{name}' is registered twice")
+        cls.method_name = name
+        _DISTILLERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_distillers() -> list[str]:
+    return sorted(_DISTILLERS)
+
+
+def get_distiller_class(name: str) -> type[Distiller]:
+    if name not in _DISTILLERS:
+        raise ConfigError(f"unknown distillation method '{name}'",
+                          f"set distill.method to one of: {', '.join(list_distillers())}")
+    return _DISTILLERS[name]
+
+
+def build_distiller(name: str, student: nn.Module, teacher: nn.Module | None, options: Any) -> Distiller:
+    return get_distiller_class(name)(student, teacher, options)

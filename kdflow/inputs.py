@@ -1,0 +1,70 @@
+"""Resolving a run's inputs: a CLI flag wins over the config file, which wins over the embedded default.
+
+Defaults live under a work folder (``--workdir``, else $KDFLOW_HOME, else ``./.kdflow``): the digits
+written as an image folder, a bootstrapped teacher, the soft-label cache and the MLflow SQLite store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib import resources
+from pathlib import Path
+
+from kdflow.config import Config
+from kdflow.errors import KdflowError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "digits.yaml"
+
+
+def default_workdir() -> Path:
+    return Path(os.environ.get("KDFLOW_HOME") or ".kdflow").resolve()
+
+
+def load_config(path: str | None) -> Config:
+    if path:
+        return Config.load(path)
+    text = resources.files("kdflow.configs").joinpath(DEFAULT_CONFIG).read_text()
+    return Config.from_yaml(text, source=f"built-in {DEFAULT_CONFIG}")
+
+
+def resolve_inputs(
+    cfg: Config,
+    workdir: Path,
+    data: str | None = None,
+    teacher: str | None = None,
+    cache_uri: str | None = None,
+    tracking_uri: str | None = None,
+) -> tuple[Config, dict]:
+    """Fill every input of ``cfg``; returns (resolved config, notes on what was defaulted)."""
+    from kdflow.data.digits import write_digits
+    from kdflow.steps.bootstrap import bootstrap_teacher
+
+    notes: dict = {}
+    data = data or cfg.data_uri
+    if not data:
+        data = str(write_digits(workdir / "data" / "digits"))
+        notes["data"] = "scikit-learn digits (embedded default)"
+    elif "://" not in data and not Path(data).is_dir():
+        raise KdflowError(f"data folder {data} does not exist",
+                          "pass DATA=/path/to/folder laid out as <class>/<image> (or train/<class>/<image>)")
+    teacher = teacher or cfg.teacher_uri
+    if not teacher:
+        teacher, info = bootstrap_teacher(data, cfg, str(workdir / "teachers"))
+        notes["teacher"] = f"bootstrapped {info['arch']} ({'reused' if info['reused'] else 'trained now'})"
+    elif "://" not in teacher and not Path(teacher).is_file():
+        raise KdflowError(f"teacher file {teacher} does not exist",
+                          "pass a TorchScript file, a state_dict checkpoint or a models:/ URI")
+    cache_uri = cache_uri or cfg.cache_uri or str(workdir / "cache")
+    tracking_uri = (tracking_uri or cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                    or f"sqlite:///{workdir / 'mlflow.db'}")
+    if "://" not in data:
+        data = str(Path(data).resolve())
+    if "://" not in cache_uri:
+        cache_uri = str(Path(cache_uri).resolve())
+    if "://" not in teacher and not teacher.startswith(("models:/", "runs:/")):
+        teacher = str(Path(teacher).resolve())
+    resolved = cfg.replace(data_uri=data, teacher_uri=teacher, cache_uri=cache_uri, tracking_uri=tracking_uri)
+    return resolved, notes

@@ -1,0 +1,184 @@
+"""Saving kdflow checkpoints, and loading a teacher from whatever a user has.
+
+A teacher can be:
+- a TorchScript file (``torch.jit.save``),
+- a state_dict checkpoint (a bare state_dict, ``{"state_dict": ...}``, or a kdflow checkpoint)
+  plus an architecture name from kdflow's model registry; always read with ``weights_only=True``,
+- an MLflow model URI (``models:/name@alias``, ``models:/name/3``, ``runs:/<id>/model``).
+
+Files may be local paths, ``file://`` or ``s3://`` URIs. The teacher's identity for the soft-label
+cache is a digest of its content (file bytes, or the tensors of an MLflow model), computed without
+running it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from kdflow.digest import digest_of, sha256_bytes
+from kdflow.errors import KdflowError
+from kdflow.models.classifier import Classifier
+from kdflow.models.registry import create_model
+from kdflow.storage import storage_for
+
+CHECKPOINT_FORMAT = "kdflow.model/1"
+
+
+def save_checkpoint(model: Classifier, arch: str, num_classes: int) -> bytes:
+    """A kdflow checkpoint: plain tensors and strings only, so ``weights_only=True`` loads it."""
+    buf = io.BytesIO()
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "arch": arch,
+            "num_classes": num_classes,
+            "in_channels": int(model.mean.shape[1]),
+            "mean": model.mean.flatten().tolist(),
+            "std": model.std.flatten().tolist(),
+            "state_dict": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
+        },
+        buf,
+    )
+    return buf.getvalue()
+
+
+def load_checkpoint(data: bytes) -> tuple[Classifier, str]:
+    """Rebuild a Classifier from ``save_checkpoint`` bytes; returns (model, arch)."""
+    ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise KdflowError("not a kdflow checkpoint", "pass a file written by kdflow")
+    net = create_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"])
+    net.load_state_dict(ckpt["state_dict"])
+    return Classifier(net, ckpt["mean"], ckpt["std"]), ckpt["arch"]
+
+
+def state_dict_digest(module: nn.Module) -> str:
+    h = hashlib.sha256(type(module).__qualname__.encode())
+    for name, t in sorted(module.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _is_torchscript(data: bytes) -> bool:
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        return False
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+@dataclass
+class TeacherSource:
+    """A teacher reference. ``digest`` is cheap; ``load`` builds the module (only on a cache miss)."""
+
+    uri: str
+    arch: str | None = None
+    mean: Sequence[float] | None = None  # the teacher's input normalisation, if not built in
+    std: Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        self._bytes: bytes | None = None
+        self._mlflow_model: nn.Module | None = None
+
+    @property
+    def is_mlflow(self) -> bool:
+        return self.uri.startswith(("models:/", "runs:/"))
+
+    def _data(self) -> bytes:
+        if self._bytes is None:
+            self._bytes = storage_for(self.uri).read_bytes(self.uri)
+        return self._bytes
+
+    def _load_mlflow(self) -> nn.Module:
+        if self._mlflow_model is None:
+            import mlflow.pytorch
+
+            try:
+                self._mlflow_model = mlflow.pytorch.load_model(self.uri, map_location="cpu")
+            except Exception as exc:  # MLflow raises several types for a bad URI
+                raise KdflowError(f"cannot load teacher {self.uri} from MLflow: {exc}",
+                                  "check the model name, version or alias, and the tracking URI") from exc
+        return self._mlflow_model
+
+    def digest(self) -> str:
+        """Content digest of the teacher, with the settings that change its outputs."""
+        if self.is_mlflow:
+            content = state_dict_digest(self._load_mlflow())
+        else:
+            content = sha256_bytes(self._data())
+        return digest_of({"content": content, "arch": self.arch, "mean": self.mean, "std": self.std})
+
+    def _mlflow_normalises_itself(self) -> bool:
+        from mlflow.models import get_model_info
+
+        from kdflow.tracking import INPUT_METADATA_KEY, INPUT_PIXELS_01
+
+        metadata = get_model_info(self.uri).metadata or {}
+        return metadata.get(INPUT_METADATA_KEY) == INPUT_PIXELS_01
+
+    def load(self, default_mean: Sequence[float], default_std: Sequence[float]) -> nn.Module:
+        """The teacher as a module taking [0, 1] pixels [B, C, H, W], in eval mode with grads off."""
+        module = self._load_mlflow() if self.is_mlflow else self._load_file()
+        builtin = isinstance(module, Classifier) or (self.is_mlflow and self._mlflow_normalises_itself())
+        if not builtin:
+            module = Classifier(module, self.mean or default_mean, self.std or default_std)
+        if not self.is_mlflow:  # an exported (pt2) program has no train/eval switch; it was traced in eval
+            module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return module
+
+    def _load_file(self) -> nn.Module:
+        data = self._data()
+        if _is_torchscript(data):
+            return torch.jit.load(io.BytesIO(data), map_location="cpu")
+        try:
+            ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise KdflowError(
+                f"teacher {self.uri} is neither TorchScript nor a weights-only state_dict checkpoint: {exc}",
+                "export the teacher with torch.jit.save, or save its state_dict with torch.save",
+            ) from exc
+        if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
+            model, _ = load_checkpoint(data)
+            return model
+        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise KdflowError(f"teacher {self.uri} holds no state_dict",
+                              "save the teacher with torch.save(model.state_dict(), path)")
+        if not self.arch:
+            raise KdflowError(
+                f"teacher {self.uri} is a bare state_dict and no architecture was named",
+                "set teacher.arch in the config (kdflow models lists the names)",
+            )
+        # Checkpoints saved from DataParallel/DDP carry a 'module.' prefix on every key.
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        num_classes = self._infer_num_classes(state)
+        net = create_model(self.arch, num_classes=num_classes, in_channels=self._infer_in_channels(state))
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise KdflowError(f"teacher {self.uri} does not fit architecture '{self.arch}': {exc}",
+                              "set teacher.arch to the architecture the checkpoint was trained with") from exc
+        return net
+
+    @staticmethod
+    def _infer_num_classes(state: dict[str, torch.Tensor]) -> int:
+        # The last 2-D weight is the classifier head: [num_classes, features].
+        heads = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+        if not heads:
+            raise KdflowError("cannot tell the teacher's class count from its state_dict",
+                              "use a kdflow checkpoint or TorchScript file")
+        return int(heads[-1].shape[0])
+
+    @staticmethod
+    def _infer_in_channels(state: dict[str, torch.Tensor]) -> int:
+        convs = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 4]
+        return int(convs[0].shape[1]) if convs else 3

@@ -1,0 +1,56 @@
+"""A teacher for when none is given: a larger network trained by the same code, cross-entropy only.
+
+Used by the embedded default (and by anyone who wants a quick baseline teacher). The checkpoint is
+named by the dataset fingerprint and the training settings and reused when present, so repeated runs
+keep the same teacher, the same teacher digest, and so hit the soft-label cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+
+from kdflow.config import Config
+from kdflow.data.preprocess import preprocess
+from kdflow.digest import digest_of
+from kdflow.distillers import build_distiller
+from kdflow.models import Classifier, create_model
+from kdflow.models.loading import save_checkpoint
+from kdflow.storage import storage_for
+from kdflow.training.batches import ArrayBatches
+from kdflow.training.device import resolve_device
+from kdflow.training.trainer import fit, predict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ARCH = "convnet_m"
+
+
+def bootstrap_teacher(data_uri: str, cfg: Config, teachers_dir: str) -> tuple[str, dict]:
+    """Return (checkpoint path, info) of a teacher trained on ``data_uri``'s train split."""
+    arch = cfg.teacher.arch or DEFAULT_ARCH
+    train_cfg = dataclasses.replace(cfg.train, epochs=cfg.teacher.bootstrap_epochs, warmup_epochs=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = preprocess(data_uri, tmp, cfg.data)
+        name = digest_of({"dataset": dataset.fingerprint, "arch": arch, "train": dataclasses.asdict(train_cfg)})
+        path = Path(teachers_dir) / f"teacher-{arch}-{name[:16]}.pt"
+        if path.is_file():
+            log.info("bootstrap teacher: reusing %s", path)
+            return str(path), {"reused": True, "arch": arch}
+        log.info("bootstrap teacher: training %s for %d epochs (no teacher was given)", arch, train_cfg.epochs)
+        device = resolve_device(train_cfg.device)
+        torch.manual_seed(train_cfg.seed)
+        model = Classifier(create_model(arch, dataset.num_classes), dataset.mean, dataset.std)
+        train = ArrayBatches(dataset.load_split("train"), train_cfg.batch_size, device)
+        fit(build_distiller("ce", model, None, None), train, train_cfg)
+        val_acc = None
+        if dataset.count("val"):
+            val = ArrayBatches(dataset.load_split("val"), 512, device)
+            val_acc = (predict(model, val).argmax(-1) == val.labels.cpu()).float().mean().item()
+    storage_for(str(path)).write_bytes(str(path), save_checkpoint(model.cpu(), arch, dataset.num_classes))
+    log.info("bootstrap teacher: saved %s (val accuracy %s)", path, val_acc)
+    return str(path), {"reused": False, "arch": arch, "val_accuracy": val_acc}

@@ -1,0 +1,106 @@
+"""Step 3: distil the student from the cached soft labels (or the teacher online), tracked in MLflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from kdflow.config import Config
+from kdflow.logs import setup_logging
+from kdflow.data.shards import DatasetManifest
+from kdflow.distillers import build_distiller, get_distiller_class
+from kdflow.models import Classifier, create_model
+from kdflow.models.loading import TeacherSource, save_checkpoint
+from kdflow.softlabels.cache import SoftLabelCache
+from kdflow.softlabels.ref import SoftLabelRef
+from kdflow.storage import storage_for
+from kdflow.training.batches import ArrayBatches, to_float_images
+from kdflow.training.device import resolve_device
+from kdflow.training.trainer import fit, predict
+
+log = logging.getLogger(__name__)
+
+STUDENT_FILE = "student.pt"
+RUN_FILE = "run.json"
+
+
+def _tags(dataset: DatasetManifest, ref: SoftLabelRef, pipeline_run: str) -> dict[str, str]:
+    return {
+        "kdflow.dataset_fingerprint": dataset.fingerprint,
+        "kdflow.teacher_digest": ref.teacher_digest,
+        "kdflow.teacher_uri": ref.teacher_uri,
+        "kdflow.softlabel_cache_key": ref.cache_key,
+        "kdflow.softlabel_cache_hit": str(ref.cache_hit).lower(),
+        "kdflow.pipeline_run": pipeline_run,
+    }
+
+
+def run_distillation(
+    dataset_dir: str,
+    softlabels_dir: str,
+    config_yaml: str,
+    out_dir: str,
+    tracking_uri: str | None,
+    pipeline_run: str = "",
+) -> dict:
+    """Train the student; write ``student.pt`` and ``run.json`` to ``out_dir``; log the run and model."""
+    import mlflow
+
+    from kdflow import tracking
+
+    setup_logging()
+    cfg = Config.from_yaml(config_yaml)
+    dataset = DatasetManifest.open(dataset_dir)
+    ref = SoftLabelRef.load(softlabels_dir)
+    device = resolve_device(cfg.train.device)
+    method = get_distiller_class(cfg.distill.method)
+
+    train_arrays = dataset.load_split("train")
+    val_arrays = dataset.load_split("val") if dataset.count("val") else None
+    cache = SoftLabelCache(ref.cache_uri)
+    cached = method.uses_teacher and not method.needs_teacher_online
+    soft_train = cache.load_split(ref.cache_key, "train", train_arrays.ids) if cached else None
+    # Validation agreement with the teacher is reported for every method, the baseline included.
+    soft_val = cache.load_split(ref.cache_key, "val", val_arrays.ids) if val_arrays is not None else None
+    teacher = None
+    if method.needs_teacher_online:
+        source = TeacherSource(ref.teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std)
+        teacher = source.load(dataset.mean, dataset.std)
+
+    torch.manual_seed(cfg.train.seed)  # the student's initial weights depend on the seed alone
+    student = Classifier(create_model(cfg.student.arch, dataset.num_classes), dataset.mean, dataset.std)
+    distiller = build_distiller(cfg.distill.method, student, teacher, cfg.distill.options)
+    train = ArrayBatches(train_arrays, cfg.train.batch_size, device, soft_train)
+    val = ArrayBatches(val_arrays, cfg.teacher.batch_size, device) if val_arrays is not None else None
+    teacher_val_top1 = soft_val.top1() if soft_val is not None else None
+
+    def validate() -> dict[str, float]:
+        pred = predict(student, val).argmax(-1)
+        out = {"val_accuracy": (pred == val.labels.cpu()).float().mean().item()}
+        if teacher_val_top1 is not None:
+            out["val_agreement"] = (pred == teacher_val_top1).float().mean().item()
+        return out
+
+    tracking_uri = tracking.use_tracking(tracking_uri)
+    exp = tracking.experiment_id(cfg.registry.experiment, tracking_uri)
+    with mlflow.start_run(experiment_id=exp, run_name=f"{cfg.distill.method}-{cfg.student.arch}") as run:
+        tracking.log_config(cfg)
+        tracking.set_tags({**_tags(dataset, ref, pipeline_run), "kdflow.method": cfg.distill.method,
+                           "kdflow.student_arch": cfg.student.arch, "kdflow.device": str(device)})
+        final = fit(
+            distiller, train, cfg.train,
+            validate=validate if val is not None else None,
+            on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch),
+            checkpoint_dir=str(Path(out_dir) / "checkpoints"),
+        )
+        student = student.cpu().eval()
+        storage_for(out_dir).write_bytes(str(Path(out_dir) / STUDENT_FILE),
+                                         save_checkpoint(student, cfg.student.arch, dataset.num_classes))
+        example = to_float_images(torch.from_numpy(train_arrays.images[:2]))
+        model_uri = tracking.log_model(student, example)
+    result = {"run_id": run.info.run_id, "model_uri": model_uri, "final_metrics": final}
+    (Path(out_dir) / RUN_FILE).write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,77 @@
+"""Step 2: run the frozen teacher once and cache its soft labels, keyed by content."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from kdflow.config import Config
+from kdflow.logs import setup_logging
+from kdflow.data.shards import DatasetManifest
+from kdflow.errors import KdflowError
+from kdflow.models.loading import TeacherSource
+from kdflow.softlabels.cache import SoftLabelCache, cache_key
+from kdflow.softlabels.codec import compress
+from kdflow.softlabels.ref import SoftLabelRef
+from kdflow.training.batches import to_float_images
+from kdflow.training.device import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def check_teacher(teacher: torch.nn.Module, dataset: DatasetManifest, device: torch.device) -> None:
+    """Fail early, with the fix, when the teacher cannot label this dataset."""
+    probe = torch.zeros(1, 3, dataset.image_size, dataset.image_size, device=device)
+    try:
+        with torch.no_grad():
+            out = teacher(probe)
+    except RuntimeError as exc:
+        raise KdflowError(f"the teacher cannot run on {dataset.image_size}x{dataset.image_size} RGB images: {exc}",
+                          "set data.image_size (and teacher.mean/std) to what the teacher was trained on") from exc
+    if out.dim() != 2 or out.shape[1] != dataset.num_classes:
+        raise KdflowError(
+            f"the teacher outputs {tuple(out.shape[1:])} logits but the dataset has {dataset.num_classes} classes",
+            "use a teacher trained on these classes (class folders are sorted by name)",
+        )
+
+
+def run_teacher_inference(
+    dataset_dir: str, teacher_uri: str, config_yaml: str, cache_uri: str, out_dir: str
+) -> SoftLabelRef:
+    """Fill (or find) the cache entry; write a ``SoftLabelRef`` to ``out_dir`` and return it."""
+    setup_logging()
+    cfg = Config.from_yaml(config_yaml)
+    if not teacher_uri:
+        raise KdflowError("no teacher given", "pass a teacher (TorchScript, checkpoint or models:/ URI)")
+    dataset = DatasetManifest.open(dataset_dir)
+    source = TeacherSource(teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std)
+    digest = source.digest()
+    key = cache_key(digest, dataset, cfg.teacher.top_k)
+    cache = SoftLabelCache(cache_uri)
+    if cache.lookup(key) is not None:
+        log.info("soft-label cache hit %s: the teacher is not run", key[:12])
+        ref = SoftLabelRef(cache_uri, key, True, digest, teacher_uri)
+        ref.save(out_dir)
+        return ref
+
+    device = resolve_device(cfg.train.device)
+    teacher = source.load(dataset.mean, dataset.std).to(device)
+    check_teacher(teacher, dataset, device)
+    k = cfg.teacher.top_k
+
+    @torch.no_grad()
+    def infer(images_u8):
+        logits = []
+        for start in range(0, len(images_u8), cfg.teacher.batch_size):
+            x = to_float_images(torch.from_numpy(images_u8[start : start + cfg.teacher.batch_size]).to(device))
+            logits.append(teacher(x).float())
+        stacked = torch.cat(logits) if logits else torch.zeros(0, dataset.num_classes, device=device)
+        return compress(stacked.unsqueeze(1), k)  # one cached view: [n, 1, C]
+
+    cache.write(key, dataset, k, infer, extra={"teacher_digest": digest, "teacher_uri": teacher_uri})
+    log.info("soft-label cache miss %s: teacher ran over %d samples", key[:12],
+             sum(dataset.count(s) for s in dataset.data["splits"]))
+    ref = SoftLabelRef(cache_uri, key, False, digest, teacher_uri)
+    ref.save(out_dir)
+    return ref

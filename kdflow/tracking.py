@@ -1,0 +1,96 @@
+"""MLflow: where runs go, what they record, and how the student model is logged.
+
+The tracking URI is an argument (from the CLI or a pipeline parameter) and falls back to the
+``MLFLOW_TRACKING_URI`` environment variable, read when a step runs, never at import.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdflow.config import Config
+from kdflow.errors import KdflowError
+from kdflow.typed import flatten
+
+MODEL_ARTIFACT = "model"
+# Model metadata saying the model takes float [B, C, H, W] pixels in [0, 1] and normalises itself,
+# so a kdflow model used as a teacher is not normalised twice.
+INPUT_METADATA_KEY = "kdflow.input"
+INPUT_PIXELS_01 = "rgb_pixels_0_1"
+
+
+def use_tracking(tracking_uri: str | None) -> str:
+    """Point MLflow at ``tracking_uri`` (or $MLFLOW_TRACKING_URI); returns the URI in use."""
+    import mlflow
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        raise KdflowError("no MLflow tracking URI given",
+                          "pass --tracking-uri / the tracking_uri parameter, or set MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def experiment_id(name: str, tracking_uri: str) -> str:
+    """Get or create the experiment. With a SQLite store, artifacts go beside the database file
+    (MLflow's own default is a folder relative to whatever the working directory happens to be)."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        location = (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another step: use that one
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def log_config(cfg: Config) -> None:
+    import mlflow
+
+    params = {k: ("null" if v is None else str(v)) for k, v in flatten(cfg.to_dict()).items()}
+    mlflow.log_params(params)
+    mlflow.log_text(cfg.to_yaml(), "config.yaml")
+
+
+def log_model(model: torch.nn.Module, example: torch.Tensor) -> str:
+    """Log ``model`` (a Classifier taking [0, 1] pixels) with its signature; returns its model URI.
+
+    MLflow stores it as a ``torch.export`` program (pt2): self-contained, loadable without kdflow and
+    without unpickling code. The batch dimension is dynamic because ``example`` has two rows.
+    """
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    model = model.cpu().eval()
+    with torch.no_grad():
+        output = model(example.cpu()).numpy()
+    signature = infer_signature(example.cpu().numpy().astype(np.float32), output)
+    info = mlflow.pytorch.log_model(
+        model,
+        name=MODEL_ARTIFACT,
+        signature=signature,
+        input_example=example.cpu().numpy().astype(np.float32),
+        metadata={INPUT_METADATA_KEY: INPUT_PIXELS_01},
+        # Stated, not inferred: inference imports the model in a fresh interpreter (seconds) and
+        # records local wheel labels such as "+cpu" that no index serves.
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
+    )
+    return info.model_uri
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})

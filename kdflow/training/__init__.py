@@ -1,0 +1,1 @@
+"""Training: batches from in-memory shards, the loop, schedules and checkpoints."""

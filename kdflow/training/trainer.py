@@ -1,0 +1,134 @@
+"""The training loop, shared by every distiller and by teacher bootstrap.
+
+It knows nothing of MLflow or KFP: per-epoch metrics go to an ``on_epoch`` callback, and a
+checkpoint (model, optimizer, scheduler, RNG, epoch) is written after every epoch so a preempted
+run resumes where it stopped instead of starting over.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+
+from kdflow.config import TrainConfig
+from kdflow.distillers.base import Distiller
+from kdflow.errors import KdflowError
+from kdflow.storage import join, storage_for
+from kdflow.training.batches import ArrayBatches
+from kdflow.training.schedule import warmup_cosine
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+CHECKPOINT = "last.pt"
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _autocast(device: torch.device):
+    # bf16 needs no loss scaling; on CPU autocast would only slow these small convnets down.
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def _save(uri: str, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    storage_for(uri).write_bytes(uri, buf.getvalue())
+
+
+def fit(
+    distiller: Distiller,
+    train: ArrayBatches,
+    cfg: TrainConfig,
+    *,
+    validate: Callable[[], dict[str, float]] | None = None,
+    on_epoch: EpochCallback | None = None,
+    checkpoint_dir: str | None = None,
+) -> dict[str, float]:
+    """Train ``distiller``'s trainable parameters for ``cfg.epochs``; returns the last epoch's metrics."""
+    device = train.device
+    seed_everything(cfg.seed)
+    distiller.to(device)
+    optimizer = make_optimizer(list(distiller.trainable_parameters()), cfg)
+    steps_per_epoch = max(1, len(train) // cfg.batch_size if len(train) >= cfg.batch_size else 1)
+    total = cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
+
+    start_epoch, metrics = 0, {}
+    ckpt_uri = join(checkpoint_dir, CHECKPOINT) if checkpoint_dir else None
+    if ckpt_uri and storage_for(ckpt_uri).exists(ckpt_uri):
+        state = torch.load(io.BytesIO(storage_for(ckpt_uri).read_bytes(ckpt_uri)), map_location=device,
+                           weights_only=True)
+        distiller.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, metrics = state["epoch"] + 1, state["metrics"]
+        log.info("resuming from %s at epoch %d", ckpt_uri, start_epoch)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        distiller.train()
+        sums: dict[str, float] = {}
+        seen = correct = 0
+        for step, batch in enumerate(train.batches(epoch=epoch, seed=cfg.seed)):
+            with _autocast(device):
+                out = distiller(batch)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise KdflowError(
+                    f"training loss became {loss.item()} at epoch {epoch}, step {step}",
+                    "lower train.lr, or check the data and teacher for NaN/inf values",
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            n = batch["label"].shape[0]
+            seen += n
+            correct += (out["output"].argmax(-1) == batch["label"]).sum().item()
+            for name, value in out.items():
+                if name != "output":
+                    sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
+        metrics = {f"train_{k}": v / max(seen, 1) for k, v in sums.items()}
+        metrics["train_accuracy"] = correct / max(seen, 1)
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        if validate is not None:
+            distiller.eval()
+            metrics.update(validate())
+        log.info("epoch %d/%d %s", epoch + 1, cfg.epochs,
+                 " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if math.isfinite(v)))
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if ckpt_uri:
+            _save(ckpt_uri, {"epoch": epoch, "metrics": metrics, "model": distiller.state_dict(),
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "rng": torch.get_rng_state()})
+    return metrics
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, batches: ArrayBatches) -> torch.Tensor:
+    """Logits of ``model`` over every row of ``batches``, in order: float32 [N, C] on the CPU."""
+    model.eval()
+    outs = []
+    for batch in batches.batches():
+        with _autocast(batches.device):
+            outs.append(model(batch["image"]).float().cpu())
+    return torch.cat(outs) if outs else torch.zeros(0)

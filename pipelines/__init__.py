@@ -1,0 +1,1 @@
+"""Pipelines: only wiring of components."""

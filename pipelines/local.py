@@ -1,0 +1,42 @@
+"""Run the pipeline on this machine with kfp.local, and compile it for a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def compile_pipeline(path: str) -> str:
+    from kfp import compiler
+
+    from pipelines.distill_pipeline import distill_pipeline
+
+    compiler.Compiler().compile(distill_pipeline, package_path=path)
+    return path
+
+
+def run_local(pipeline_root: str, arguments: dict[str, Any]) -> str:
+    """Run every task as a subprocess of this interpreter (kfp.local.SubprocessRunner); returns the
+    MLflow run id. Raises when a task fails."""
+    from kfp import local
+
+    from pipelines.distill_pipeline import distill_pipeline
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
+    task = distill_pipeline(**arguments)
+    return task.output
+
+
+def retarget_images(path: str, prefix: str) -> None:
+    """Point every executor of a compiled spec at images under ``prefix`` (same names and tags)."""
+    import yaml
+
+    from components.images import IMAGE_PREFIX
+
+    with open(path) as f:
+        docs = list(yaml.safe_load_all(f))
+    for executor in docs[0]["deploymentSpec"]["executors"].values():
+        image = executor["container"]["image"]
+        if image.startswith(IMAGE_PREFIX + "/"):
+            executor["container"]["image"] = prefix.rstrip("/") + image[len(IMAGE_PREFIX):]
+    with open(path, "w") as f:
+        yaml.safe_dump_all(docs, f, sort_keys=False)

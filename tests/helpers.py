@@ -1,0 +1,53 @@
+"""Small generated data for tests: no downloads, nothing from ../shared."""
+
+from __future__ import annotations
+
+import io
+import socket
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLASS_COLOURS = {"apple": (200, 30, 30), "kiwi": (30, 180, 40), "plum": (40, 40, 200)}
+
+
+def class_image(label_index: int, seed: int, size: int = 12) -> np.ndarray:
+    """A noisy picture whose dominant colour and stripe pattern depend on the class."""
+    rng = np.random.default_rng(seed)
+    colour = np.array(list(CLASS_COLOURS.values())[label_index % len(CLASS_COLOURS)], dtype=np.float64)
+    img = colour + rng.normal(0, 25, size=(size, size, 3))
+    img[:, :: (label_index + 2)] += 40  # class-specific stripes
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def make_image_folder(root: Path, per_class: int = 20, size: int = 12) -> Path:
+    """root/<class>/<i>.png|jpg, distinct images, no defects."""
+    for li, name in enumerate(CLASS_COLOURS):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = class_image(li, seed=li * 10_000 + i, size=size)
+            if i % 2:
+                (folder / f"{i:03d}.jpg").write_bytes(jpeg_bytes(arr))
+            else:
+                (folder / f"{i:03d}.png").write_bytes(png_bytes(arr))
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

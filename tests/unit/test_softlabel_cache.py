@@ -1,0 +1,124 @@
+"""The soft-label cache: stable keys, commit-by-manifest, resume, and verification."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kdflow.config import DataConfig
+from kdflow.data.preprocess import preprocess
+from kdflow.errors import CacheError
+from kdflow.softlabels.cache import SoftLabelCache, cache_key
+from kdflow.softlabels.codec import compress
+from kdflow.storage import join
+from tests.helpers import make_image_folder
+
+CFG = DataConfig(image_size=8, val_fraction=0.2, test_fraction=0.2, seed=0, shard_size=5)
+
+
+@pytest.fixture()
+def dataset(tmp_path):
+    return preprocess(str(make_image_folder(tmp_path / "d", per_class=10)), str(tmp_path / "ds"), CFG)
+
+
+class CountingTeacher:
+    """Deterministic 'logits' from pixel means; counts calls; can fail on a given call."""
+
+    def __init__(self, fail_on_call: int | None = None):
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def __call__(self, images_u8):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("preempted")
+        x = torch.from_numpy(images_u8).float().mean(dim=(1, 2))  # [n, 3]
+        return compress(x.unsqueeze(1), k=10)
+
+
+def test_key_is_stable_and_changes_with_each_ingredient(dataset, tmp_path):
+    key = cache_key("teacher-a", dataset, 10)
+    assert key == cache_key("teacher-a", dataset, 10)
+    assert len(key) == 64
+    assert key != cache_key("teacher-b", dataset, 10)
+    assert key != cache_key("teacher-a", dataset, 5)
+    other = preprocess(dataset.data["source"], str(tmp_path / "ds2"),
+                       DataConfig(image_size=10, val_fraction=0.2, test_fraction=0.2, seed=0, shard_size=5))
+    assert key != cache_key("teacher-a", other, 10)
+    # A second preprocessing run of the same data gives the same key: nothing time-dependent.
+    same = preprocess(dataset.data["source"], str(tmp_path / "ds3"), CFG)
+    assert cache_key("teacher-a", same, 10) == key
+
+
+def test_write_then_hit(dataset, tmp_path):
+    cache = SoftLabelCache(str(tmp_path / "cache"))
+    key = cache_key("t", dataset, 10)
+    assert cache.lookup(key) is None
+    teacher = CountingTeacher()
+    cache.write(key, dataset, 10, teacher, extra={})
+    assert teacher.calls == sum(len(i["shards"]) for i in dataset.data["splits"].values())
+    assert cache.lookup(key)["key"] == key
+    train = dataset.load_split("train")
+    soft = cache.load_split(key, "train", train.ids)
+    assert soft.values.shape == (len(train), 1, 3)
+    expected = torch.from_numpy(train.images).float().mean(dim=(1, 2))
+    assert torch.allclose(soft.logits(torch.arange(len(train))), expected, atol=0.2)
+
+
+def test_interrupted_write_is_not_complete_and_resumes(dataset, tmp_path):
+    cache = SoftLabelCache(str(tmp_path / "cache"))
+    key = cache_key("t", dataset, 10)
+    with pytest.raises(RuntimeError, match="preempted"):
+        cache.write(key, dataset, 10, CountingTeacher(fail_on_call=3), extra={})
+    written = cache.store.list(cache.entry_uri(key))
+    assert len(written) == 2 and not any(u.endswith("manifest.json") for u in written)
+    assert cache.lookup(key) is None  # shards without a manifest are never read as complete
+    with pytest.raises(CacheError, match="not complete"):
+        cache.load_split(key, "train", dataset.load_split("train").ids)
+    resumed = CountingTeacher()
+    cache.write(key, dataset, 10, resumed, extra={})
+    total = sum(len(i["shards"]) for i in dataset.data["splits"].values())
+    assert resumed.calls == total - 2  # the two finished shards were kept
+    assert cache.lookup(key) is not None
+
+
+def test_damaged_entries_are_misses_or_errors(dataset, tmp_path):
+    cache = SoftLabelCache(str(tmp_path / "cache"))
+    key = cache_key("t", dataset, 10)
+    cache.write(key, dataset, 10, CountingTeacher(), extra={})
+    manifest_uri = join(cache.entry_uri(key), "manifest.json")
+    manifest = json.loads(cache.store.read_bytes(manifest_uri))
+    first = join(cache.entry_uri(key), manifest["splits"]["train"]["shards"][0]["file"])
+    raw = bytearray(cache.store.read_bytes(first))
+
+    raw[-40] ^= 0xFF  # same size, different bytes: a hit on lookup, refused on read
+    cache.store.write_bytes(first, bytes(raw))
+    assert cache.lookup(key) is not None
+    with pytest.raises(CacheError, match="fails its digest check"):
+        cache.load_split(key, "train", dataset.load_split("train").ids)
+
+    cache.store.write_bytes(first, bytes(raw[:-10]))  # truncated: a miss
+    assert cache.lookup(key) is None
+
+    cache.store.write_bytes(manifest_uri, b"{not json")  # torn manifest: a miss
+    assert cache.lookup(key) is None
+    cache.store.write_bytes(manifest_uri, json.dumps({**manifest, "key": "other"}).encode())
+    assert cache.lookup(key) is None
+
+
+def test_soft_labels_must_align_with_dataset_rows(dataset, tmp_path):
+    cache = SoftLabelCache(str(tmp_path / "cache"))
+    key = cache_key("t", dataset, 10)
+    cache.write(key, dataset, 10, CountingTeacher(), extra={})
+    ids = dataset.load_split("train").ids
+    with pytest.raises(CacheError, match="not aligned"):
+        cache.load_split(key, "train", np.roll(ids, 1))
+
+
+def test_cache_on_s3(dataset, s3_bucket):
+    cache = SoftLabelCache(f"s3://{s3_bucket}/kd")
+    key = cache_key("t", dataset, 10)
+    cache.write(key, dataset, 10, CountingTeacher(), extra={"teacher_uri": "x"})
+    assert cache.lookup(key)["teacher_uri"] == "x"
+    assert cache.load_split(key, "test", dataset.load_split("test").ids).values.shape[0] == dataset.count("test")

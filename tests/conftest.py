@@ -17,7 +17,7 @@ TINY_CONFIG = """
 data: {image_size: 12, val_fraction: 0.15, test_fraction: 0.25, seed: 0}
 teacher: {arch: convnet_s, bootstrap_epochs: 4, top_k: 10, batch_size: 64}
 student: {arch: convnet_xs}
-train: {epochs: 3, batch_size: 16, lr: 0.05, seed: 0}
+train: {epochs: 8, batch_size: 16, lr: 0.05, seed: 0}
 distill: {method: kd, options: {temperature: 4.0, alpha: 0.9}}
 gate: {min_accuracy: 0.0, max_drop: 1.0}
 registry: {model_name: tiny-student, experiment: tiny}

@@ -1,0 +1,82 @@
+"""The whole pipeline through kfp.local against a real MLflow server and a real S3 API on loopback."""
+
+import boto3
+import numpy as np
+import pytest
+
+from kdflow.config import Config
+from kdflow.summary import read_summary
+from pipelines.local import run_local
+
+pytestmark = pytest.mark.e2e
+
+
+def _arguments(config_yaml, data, teacher, cache_uri, tracking_uri):
+    cfg = Config.from_yaml(config_yaml)
+    return {"data_uri": str(data), "teacher_uri": teacher, "config": cfg.to_yaml(), "cache_uri": cache_uri,
+            "tracking_uri": tracking_uri}
+
+
+def test_pipeline_registers_then_reuses_the_cache(tmp_path, tiny_data, tiny_teacher, tiny_config_yaml,
+                                                   mlflow_server, s3_bucket):
+    import mlflow
+    import mlflow.pytorch
+    from mlflow import MlflowClient
+    from mlflow.models import get_model_info
+
+    config = tiny_config_yaml.replace("tiny-student", "e2e-student")
+    cache_uri = f"s3://{s3_bucket}/softlabels-cache"
+    args = _arguments(config, tiny_data, tiny_teacher, cache_uri, mlflow_server)
+
+    first = read_summary(run_local(str(tmp_path / "root"), args), mlflow_server)
+    assert not first.cache_hit and first.gate_passed
+    assert first.registered_model == "e2e-student" and first.registered_version == "1"
+    s3 = boto3.client("s3")
+    objects = s3.list_objects_v2(Bucket=s3_bucket, Prefix="softlabels-cache/")["Contents"]
+    manifests = [o for o in objects if o["Key"].endswith("manifest.json")]
+    assert len(manifests) == 1 and first.cache_key in manifests[0]["Key"]
+    manifest_before = s3.get_object(Bucket=s3_bucket, Key=manifests[0]["Key"])["Body"].read()
+
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_registry_uri(mlflow_server)
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    version = client.get_model_version_by_alias("e2e-student", "challenger")
+    assert version.version == "1"
+    assert version.tags["kdflow.dataset_fingerprint"] == first.dataset_fingerprint
+    assert version.tags["kdflow.softlabel_cache_key"] == first.cache_key
+    assert len(version.tags["kdflow.teacher_digest"]) == 64
+    assert version.tags["kdflow.pipeline_run"].startswith("kdflow-distill")
+    run = client.get_run(first.run_id)
+    assert run.data.params["distill.method"] == "kd" and run.data.params["distill.options.temperature"] == "4.0"
+    assert "train_loss" in run.data.metrics and "val_accuracy" in run.data.metrics
+    assert len(client.get_metric_history(first.run_id, "train_loss")) == 8  # one point per epoch
+
+    # The registered model loads by alias, has a signature, and classifies [0, 1] pixels.
+    uri = "models:/e2e-student@challenger"
+    assert get_model_info(uri).signature is not None
+    model = mlflow.pytorch.load_model(uri)
+    import torch
+
+    logits = model(torch.rand(5, 3, 12, 12))
+    assert logits.shape == (5, 3) and np.isfinite(logits.detach().numpy()).all()
+
+    second = read_summary(run_local(str(tmp_path / "root"), args), mlflow_server)
+    assert second.cache_hit and second.cache_key == first.cache_key
+    assert s3.get_object(Bucket=s3_bucket, Key=manifests[0]["Key"])["Body"].read() == manifest_before
+    assert second.registered_version == "2"
+    assert client.get_model_version_by_alias("e2e-student", "challenger").version == "2"
+
+
+def test_failed_gate_registers_nothing_and_says_why(tmp_path, tiny_data, tiny_teacher, tiny_config_yaml,
+                                                     mlflow_server, s3_bucket):
+    from mlflow import MlflowClient
+
+    config = (tiny_config_yaml.replace("tiny-student", "never-registered")
+              .replace("gate: {min_accuracy: 0.0, max_drop: 1.0}", "gate: {min_accuracy: 1.0, max_drop: 0.0}")
+              .replace("train: {epochs: 8, batch_size: 16, lr: 0.05", "train: {epochs: 1, batch_size: 16, lr: 0.000001"))
+    args = _arguments(config, tiny_data, tiny_teacher, f"s3://{s3_bucket}/c", mlflow_server)
+    summary = read_summary(run_local(str(tmp_path / "root"), args), mlflow_server)
+    assert not summary.gate_passed and summary.registered_version is None
+    assert summary.gate.startswith("failed: student top-1")
+    assert "not registered (failed:" in "\n".join(summary.lines())
+    assert MlflowClient(mlflow_server, registry_uri=mlflow_server).search_model_versions("name='never-registered'") == []

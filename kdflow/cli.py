@@ -51,7 +51,8 @@ def run(data, teacher, config_path, workdir, cache_uri, tracking_uri) -> None:
     setup_logging()
     workdir = (workdir or default_workdir()).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    cfg, notes = resolve_inputs(load_config(config_path), workdir, data, teacher, cache_uri, tracking_uri)
+    base = load_config(config_path, embedded=not data)
+    cfg, notes = resolve_inputs(base, workdir, data, teacher, cache_uri, tracking_uri)
     for what, note in notes.items():
         click.echo(f"{what}: {note}", err=True)
 
@@ -87,11 +88,13 @@ def compile_cmd(output: str, image_prefix: str | None) -> None:
 
 @main.command()
 @click.option("--config", "config_path", metavar="FILE", help="Validate and print this file, resolved.")
-def config(config_path: str | None) -> None:
-    """Print a config with every default filled in (the built-in digits config by default)."""
+@click.option("--digits", is_flag=True, help="Print the embedded default (digits) config instead of the "
+                                             "generic defaults.")
+def config(config_path: str | None, digits: bool) -> None:
+    """Print a config with every default filled in: a starting point for your own."""
     from kdflow.inputs import load_config
 
-    click.echo(load_config(config_path).to_yaml(), nl=False)
+    click.echo(load_config(config_path, embedded=digits).to_yaml(), nl=False)
 
 
 @main.command()

@@ -52,7 +52,7 @@ class TeacherConfig:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     top_k: int = 10  # logits kept per sample; full rows when the class count is <= top_k
-    batch_size: int = 512
+    batch_size: int = 512  # inference batch size (teacher inference and evaluation)
     bootstrap_epochs: int = 20  # epochs for the teacher trained when none is given
 
     def __post_init__(self) -> None:

@@ -19,13 +19,22 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "digits.yaml"
 
 
+def _is_uri(value: str) -> bool:
+    """A scheme-qualified URI (s3://, file://) or an MLflow model URI (models:/, runs:/), not a path."""
+    return "://" in value or value.startswith(("models:/", "runs:/"))
+
+
 def default_workdir() -> Path:
     return Path(os.environ.get("KDFLOW_HOME") or ".kdflow").resolve()
 
 
-def load_config(path: str | None) -> Config:
+def load_config(path: str | None, embedded: bool = True) -> Config:
+    """The file at ``path``; else the embedded digits config, or the generic defaults when the run
+    brings its own data (digits settings such as a 16-pixel image size would not fit it)."""
     if path:
         return Config.load(path)
+    if not embedded:
+        return Config()
     text = resources.files("kdflow.configs").joinpath(DEFAULT_CONFIG).read_text()
     return Config.from_yaml(text, source=f"built-in {DEFAULT_CONFIG}")
 
@@ -47,24 +56,24 @@ def resolve_inputs(
     if not data:
         data = str(write_digits(workdir / "data" / "digits"))
         notes["data"] = "scikit-learn digits (embedded default)"
-    elif "://" not in data and not Path(data).is_dir():
+    elif not _is_uri(data) and not Path(data).is_dir():
         raise KdflowError(f"data folder {data} does not exist",
                           "pass DATA=/path/to/folder laid out as <class>/<image> (or train/<class>/<image>)")
     teacher = teacher or cfg.teacher_uri
     if not teacher:
         teacher, info = bootstrap_teacher(data, cfg, str(workdir / "teachers"))
         notes["teacher"] = f"bootstrapped {info['arch']} ({'reused' if info['reused'] else 'trained now'})"
-    elif "://" not in teacher and not Path(teacher).is_file():
+    elif not _is_uri(teacher) and not Path(teacher).is_file():
         raise KdflowError(f"teacher file {teacher} does not exist",
                           "pass a TorchScript file, a state_dict checkpoint or a models:/ URI")
     cache_uri = cache_uri or cfg.cache_uri or str(workdir / "cache")
     tracking_uri = (tracking_uri or cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                     or f"sqlite:///{workdir / 'mlflow.db'}")
-    if "://" not in data:
+    if not _is_uri(data):
         data = str(Path(data).resolve())
-    if "://" not in cache_uri:
+    if not _is_uri(cache_uri):
         cache_uri = str(Path(cache_uri).resolve())
-    if "://" not in teacher and not teacher.startswith(("models:/", "runs:/")):
+    if not _is_uri(teacher):
         teacher = str(Path(teacher).resolve())
     resolved = cfg.replace(data_uri=data, teacher_uri=teacher, cache_uri=cache_uri, tracking_uri=tracking_uri)
     return resolved, notes

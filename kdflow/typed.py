@@ -53,14 +53,13 @@ def convert(tp: Any, value: Any, path: str) -> Any:
             if type(None) in args:
                 return None
             raise _fail(path, tp, value)
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return convert(arg, value, path)
-            except ConfigError as exc:
-                errors.append(exc)
+            except ConfigError:
+                continue
         raise _fail(path, tp, value)
     if origin is tuple:
         (item_tp, *_rest) = get_args(tp)

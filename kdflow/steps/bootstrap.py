@@ -17,7 +17,7 @@ import torch
 from kdflow.config import Config
 from kdflow.data.preprocess import preprocess
 from kdflow.digest import digest_of
-from kdflow.distillers import build_distiller
+from kdflow.distillers import build_distiller, get_distiller_class
 from kdflow.models import Classifier, create_model
 from kdflow.models.loading import save_checkpoint
 from kdflow.storage import storage_for
@@ -46,7 +46,7 @@ def bootstrap_teacher(data_uri: str, cfg: Config, teachers_dir: str) -> tuple[st
         torch.manual_seed(train_cfg.seed)
         model = Classifier(create_model(arch, dataset.num_classes), dataset.mean, dataset.std)
         train = ArrayBatches(dataset.load_split("train"), train_cfg.batch_size, device)
-        fit(build_distiller("ce", model, None, None), train, train_cfg)
+        fit(build_distiller("ce", model, None, get_distiller_class("ce").Options()), train, train_cfg)
         val_acc = None
         if dataset.count("val"):
             val = ArrayBatches(dataset.load_split("val"), 512, device)

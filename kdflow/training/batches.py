@@ -36,6 +36,10 @@ class ArrayBatches:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def steps_per_epoch(self) -> int:
+        """Batches in a shuffled pass (the last short batch is dropped when there is a full one)."""
+        return max(1, len(self) // self.batch_size)
+
     def batches(self, epoch: int | None = None, seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Shuffled with a (seed, epoch) generator when ``epoch`` is given, else in order.
 

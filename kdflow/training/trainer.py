@@ -66,9 +66,8 @@ def fit(
     seed_everything(cfg.seed)
     distiller.to(device)
     optimizer = make_optimizer(list(distiller.trainable_parameters()), cfg)
-    steps_per_epoch = max(1, len(train) // cfg.batch_size if len(train) >= cfg.batch_size else 1)
-    total = cfg.epochs * steps_per_epoch
-    warmup = cfg.warmup_epochs * steps_per_epoch
+    total = cfg.epochs * train.steps_per_epoch()
+    warmup = cfg.warmup_epochs * train.steps_per_epoch()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
 
     start_epoch, metrics = 0, {}

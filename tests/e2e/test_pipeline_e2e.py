@@ -60,6 +60,17 @@ def test_pipeline_registers_then_reuses_the_cache(tmp_path, tiny_data, tiny_teac
     logits = model(torch.rand(5, 3, 12, 12))
     assert logits.shape == (5, 3) and np.isfinite(logits.detach().numpy()).all()
 
+    # The registered student can itself be a teacher: models:/ URI, normalisation built in (the
+    # defaults passed here must be ignored, or the input would be normalised twice).
+    from kdflow.models.loading import TeacherSource, load_checkpoint
+
+    source = TeacherSource(uri)
+    as_teacher = source.load(default_mean=(0.9,) * 3, default_std=(9.0,) * 3)
+    trained, _ = load_checkpoint(next((tmp_path / "root").rglob("student.pt")).read_bytes())
+    x = torch.rand(4, 3, 12, 12)
+    assert torch.allclose(as_teacher(x), trained.eval()(x), atol=1e-4)
+    assert len(source.digest()) == 64
+
     second = read_summary(run_local(str(tmp_path / "root"), args), mlflow_server)
     assert second.cache_hit and second.cache_key == first.cache_key
     assert s3.get_object(Bucket=s3_bucket, Key=manifests[0]["Key"])["Body"].read() == manifest_before

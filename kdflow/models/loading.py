@@ -63,7 +63,7 @@ def state_dict_digest(module: nn.Module) -> str:
     h = hashlib.sha256(type(module).__qualname__.encode())
     for name, t in sorted(module.state_dict().items()):
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -90,3 +90,15 @@ def test_non_checkpoint_file_is_a_clear_error(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"definitely not torch")
     with pytest.raises(KdflowError, match="neither TorchScript nor a weights-only"):
         TeacherSource(str(tmp_path / "x.pt"), "convnet_xs").load((0, 0, 0), (1, 1, 1))
+
+
+def test_state_dict_digest_covers_every_tensor_including_scalars():
+    from kdflow.models.loading import state_dict_digest
+
+    net = create_model("convnet_xs", 3)  # BatchNorm holds 0-dim num_batches_tracked tensors
+    same = create_model("convnet_xs", 3)
+    same.load_state_dict(net.state_dict())
+    assert state_dict_digest(net) == state_dict_digest(same)
+    with torch.no_grad():
+        same.linear.bias[0] += 1.0
+    assert state_dict_digest(net) != state_dict_digest(same)

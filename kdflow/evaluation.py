@@ -27,7 +27,7 @@ def compare(student_pred: torch.Tensor, teacher_pred: torch.Tensor, labels: torc
             name: {"student": s, "teacher": t}
             for name, s, t in zip(class_names,
                                   per_class_accuracy(student_pred, labels, len(class_names)),
-                                  per_class_accuracy(teacher_pred, labels, len(class_names)))
+                                  per_class_accuracy(teacher_pred, labels, len(class_names)), strict=True)
         },
     }
 

@@ -17,11 +17,11 @@ def write_digits(root: str | Path) -> Path:
     from sklearn.datasets import load_digits
 
     root = Path(root)
-    digits = load_digits()
     marker = root.parent / f"{root.name}.complete"  # beside, not inside: it is no image
     if marker.is_file():
         return root
-    for i, (img, label) in enumerate(zip(digits.images, digits.target)):
+    digits = load_digits()
+    for i, (img, label) in enumerate(zip(digits.images, digits.target, strict=True)):
         folder = root / str(int(label))
         folder.mkdir(parents=True, exist_ok=True)
         pixels = np.clip(img * (255.0 / 16.0), 0, 255).round().astype(np.uint8)  # values are 0..16

@@ -39,7 +39,7 @@ def _train(cfg, checkpoint_dir=None):
 def test_same_seed_same_weights_and_it_learns():
     a, metrics = _train(CFG)
     b, _ = _train(CFG)
-    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(pa, pb), name
     assert metrics["train_accuracy"] > 0.6  # 3 easy classes, chance is 1/3
 
@@ -62,7 +62,7 @@ def test_resume_mid_run_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "_save", real_save)
     resumed, _ = _train(CFG, checkpoint_dir=str(tmp_path))
     assert saves == [0]
-    for (name, pa), (_, pb) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+    for (name, pa), (_, pb) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(pa, pb), name
 
 

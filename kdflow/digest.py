@@ -22,14 +22,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: equal data, equal text."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)

@@ -5,6 +5,11 @@ from __future__ import annotations
 import torch
 
 
+def accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Fraction of rows where ``pred`` equals ``target`` (both int64 [N]); 0 for no rows."""
+    return (pred == target).sum().item() / max(len(target), 1)
+
+
 def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
     """Top-1 per class; None for a class with no samples in the split."""
     out: list[float | None] = []
@@ -17,11 +22,10 @@ def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: in
 def compare(student_pred: torch.Tensor, teacher_pred: torch.Tensor, labels: torch.Tensor,
             class_names: list[str]) -> dict:
     """All predictions are int64 [N] class indices on the same rows."""
-    n = max(len(labels), 1)
     return {
-        "student_accuracy": (student_pred == labels).sum().item() / n,
-        "teacher_accuracy": (teacher_pred == labels).sum().item() / n,
-        "agreement": (student_pred == teacher_pred).sum().item() / n,
+        "student_accuracy": accuracy(student_pred, labels),
+        "teacher_accuracy": accuracy(teacher_pred, labels),
+        "agreement": accuracy(student_pred, teacher_pred),
         "samples": len(labels),
         "per_class": {
             name: {"student": s, "teacher": t}

@@ -24,6 +24,11 @@ def _is_uri(value: str) -> bool:
     return "://" in value or value.startswith(("models:/", "runs:/"))
 
 
+def _absolute(value: str) -> str:
+    """URIs unchanged; paths made absolute (pipeline steps run in other working folders)."""
+    return value if _is_uri(value) else str(Path(value).resolve())
+
+
 def default_workdir() -> Path:
     return Path(os.environ.get("KDFLOW_HOME") or ".kdflow").resolve()
 
@@ -69,11 +74,6 @@ def resolve_inputs(
     cache_uri = cache_uri or cfg.cache_uri or str(workdir / "cache")
     tracking_uri = (tracking_uri or cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                     or f"sqlite:///{workdir / 'mlflow.db'}")
-    if not _is_uri(data):
-        data = str(Path(data).resolve())
-    if not _is_uri(cache_uri):
-        cache_uri = str(Path(cache_uri).resolve())
-    if not _is_uri(teacher):
-        teacher = str(Path(teacher).resolve())
-    resolved = cfg.replace(data_uri=data, teacher_uri=teacher, cache_uri=cache_uri, tracking_uri=tracking_uri)
+    resolved = cfg.replace(data_uri=_absolute(data), teacher_uri=_absolute(teacher),
+                           cache_uri=_absolute(cache_uri), tracking_uri=tracking_uri)
     return resolved, notes

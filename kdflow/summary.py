@@ -43,20 +43,22 @@ class RunSummary:
 def read_summary(run_id: str, tracking_uri: str) -> RunSummary:
     from mlflow import MlflowClient
 
+    from kdflow.tracking import Tag
+
     run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
     tags, metrics = run.data.tags, run.data.metrics
     return RunSummary(
         run_id=run_id,
         experiment_id=run.info.experiment_id,
         tracking_uri=tracking_uri,
-        dataset_fingerprint=tags.get("kdflow.dataset_fingerprint", "?"),
-        cache_key=tags.get("kdflow.softlabel_cache_key", "?"),
-        cache_hit=tags.get("kdflow.softlabel_cache_hit") == "true",
+        dataset_fingerprint=tags.get(Tag.DATASET_FINGERPRINT, "?"),
+        cache_key=tags.get(Tag.CACHE_KEY, "?"),
+        cache_hit=tags.get(Tag.CACHE_HIT) == "true",
         teacher_accuracy=metrics.get("test_teacher_accuracy"),
         student_accuracy=metrics.get("test_student_accuracy"),
         agreement=metrics.get("test_agreement"),
-        gate_passed=tags.get("kdflow.gate_passed") == "true",
-        gate=tags.get("kdflow.gate", "not evaluated"),
-        registered_model=tags.get("kdflow.registered_model"),
-        registered_version=tags.get("kdflow.registered_version"),
+        gate_passed=tags.get(Tag.GATE_PASSED) == "true",
+        gate=tags.get(Tag.GATE, "not evaluated"),
+        registered_model=tags.get(Tag.REGISTERED_MODEL),
+        registered_version=tags.get(Tag.REGISTERED_VERSION),
     )

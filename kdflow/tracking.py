@@ -18,6 +18,29 @@ from kdflow.errors import KdflowError
 from kdflow.typed import flatten
 
 MODEL_ARTIFACT = "model"
+
+
+class Tag:
+    """Names of the tags kdflow puts on MLflow runs and model versions (written by one step, read
+    by another, so they live in one place)."""
+
+    DATASET_FINGERPRINT = "kdflow.dataset_fingerprint"
+    TEACHER_DIGEST = "kdflow.teacher_digest"
+    TEACHER_URI = "kdflow.teacher_uri"
+    CACHE_KEY = "kdflow.softlabel_cache_key"
+    CACHE_HIT = "kdflow.softlabel_cache_hit"
+    PIPELINE_RUN = "kdflow.pipeline_run"
+    METHOD = "kdflow.method"
+    STUDENT_ARCH = "kdflow.student_arch"
+    DEVICE = "kdflow.device"
+    GATE_PASSED = "kdflow.gate_passed"
+    GATE = "kdflow.gate"
+    RUN_ID = "kdflow.run_id"
+    REGISTERED_MODEL = "kdflow.registered_model"
+    REGISTERED_VERSION = "kdflow.registered_version"
+
+    # Copied from the run onto the model version, so the registry alone says where a model came from.
+    LINEAGE = (DATASET_FINGERPRINT, TEACHER_DIGEST, CACHE_KEY, PIPELINE_RUN, METHOD)
 # Model metadata saying the model takes float [B, C, H, W] pixels in [0, 1] and normalises itself,
 # so a kdflow model used as a teacher is not normalised twice.
 INPUT_METADATA_KEY = "kdflow.input"

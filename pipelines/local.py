@@ -23,13 +23,14 @@ def run_local(pipeline_root: str, arguments: dict[str, Any]) -> str:
 
     from pipelines.distill_pipeline import distill_pipeline
 
-    # Expected locally, and repeated for every task: the tasks name container images (for the
-    # cluster) while the subprocess runner uses this interpreter; display names are cluster-only.
-    warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
-    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner", category=UserWarning)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
-    task = distill_pipeline(**arguments)
-    return task.output
+    with warnings.catch_warnings():
+        # Expected locally, and repeated for every task: the tasks name container images (for the
+        # cluster) while the subprocess runner uses this interpreter; display names are cluster-only.
+        warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner",
+                                category=UserWarning)
+        return distill_pipeline(**arguments).output
 
 
 def retarget_images(path: str, prefix: str) -> None:

@@ -77,6 +77,9 @@ class SoftLabelCache:
     def __init__(self, root: str):
         self.root = root
         self.store = storage_for(root)
+        # Manifests verified by load_split: a step reads several splits of one entry, and lookup
+        # costs a read plus a size check per shard (an S3 HEAD each).
+        self._verified: dict[str, dict[str, Any]] = {}
 
     def entry_uri(self, key: str) -> str:
         return join(self.root, "softlabels", "v1", key)
@@ -115,10 +118,10 @@ class SoftLabelCache:
         present with the expected ids (left by an interrupted run) is kept without inference.
         """
         entry = self.entry_uri(key)
+        data_store = storage_for(dataset.root)
         splits: dict[str, dict] = {}
         for split, info in dataset.data["splits"].items():
             shards = []
-            data_store = storage_for(dataset.root)
             for dshard in info["shards"]:
                 uri = join(entry, dshard["file"])
                 arrays = unpack_arrays(data_store.read_bytes(join(dataset.root, dshard["file"])))
@@ -160,10 +163,11 @@ class SoftLabelCache:
 
     def load_split(self, key: str, split: str, expected_ids: np.ndarray) -> SoftLabels:
         """Read one split, verifying shard digests and row alignment with the dataset."""
-        manifest = self.lookup(key)
+        manifest = self._verified.get(key) or self.lookup(key)
         if manifest is None:
             raise CacheError(f"soft-label cache entry {self.entry_uri(key)} is not complete",
                              "run the teacher inference step for this dataset and teacher first")
+        self._verified[key] = manifest
         parts = []
         for shard in manifest["splits"][split]["shards"]:
             raw = self.store.read_bytes(join(self.entry_uri(key), shard["file"]))

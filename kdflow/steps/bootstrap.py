@@ -18,6 +18,7 @@ from kdflow.config import Config
 from kdflow.data.preprocess import preprocess
 from kdflow.digest import digest_of
 from kdflow.distillers import build_distiller, get_distiller_class
+from kdflow.evaluation import accuracy
 from kdflow.models import Classifier, create_model
 from kdflow.models.loading import save_checkpoint
 from kdflow.storage import storage_for
@@ -49,8 +50,8 @@ def bootstrap_teacher(data_uri: str, cfg: Config, teachers_dir: str) -> tuple[st
         fit(build_distiller("ce", model, None, get_distiller_class("ce").Options()), train, train_cfg)
         val_acc = None
         if dataset.count("val"):
-            val = ArrayBatches(dataset.load_split("val"), 512, device)
-            val_acc = (predict(model, val).argmax(-1) == val.labels.cpu()).float().mean().item()
+            val = ArrayBatches(dataset.load_split("val"), cfg.teacher.batch_size, device)
+            val_acc = accuracy(predict(model, val).argmax(-1), val.labels.cpu())
     storage_for(str(path)).write_bytes(str(path), save_checkpoint(model.cpu(), arch, dataset.num_classes))
     log.info("bootstrap teacher: saved %s (val accuracy %s)", path, val_acc)
     return str(path), {"reused": False, "arch": arch, "val_accuracy": val_acc}

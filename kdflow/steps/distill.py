@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -11,12 +10,14 @@ import torch
 from kdflow.config import Config
 from kdflow.logs import setup_logging
 from kdflow.data.shards import DatasetManifest
+from kdflow.evaluation import accuracy
 from kdflow.distillers import build_distiller, get_distiller_class
 from kdflow.models import Classifier, create_model
 from kdflow.models.loading import TeacherSource, save_checkpoint
 from kdflow.softlabels.cache import SoftLabelCache
 from kdflow.softlabels.ref import SoftLabelRef
-from kdflow.storage import storage_for
+from kdflow.tracking import Tag
+from kdflow.storage import join, storage_for
 from kdflow.training.batches import ArrayBatches, to_float_images
 from kdflow.training.device import resolve_device
 from kdflow.training.trainer import fit, predict
@@ -24,17 +25,16 @@ from kdflow.training.trainer import fit, predict
 log = logging.getLogger(__name__)
 
 STUDENT_FILE = "student.pt"
-RUN_FILE = "run.json"
 
 
 def _tags(dataset: DatasetManifest, ref: SoftLabelRef, pipeline_run: str) -> dict[str, str]:
     return {
-        "kdflow.dataset_fingerprint": dataset.fingerprint,
-        "kdflow.teacher_digest": ref.teacher_digest,
-        "kdflow.teacher_uri": ref.teacher_uri,
-        "kdflow.softlabel_cache_key": ref.cache_key,
-        "kdflow.softlabel_cache_hit": str(ref.cache_hit).lower(),
-        "kdflow.pipeline_run": pipeline_run,
+        Tag.DATASET_FINGERPRINT: dataset.fingerprint,
+        Tag.TEACHER_DIGEST: ref.teacher_digest,
+        Tag.TEACHER_URI: ref.teacher_uri,
+        Tag.CACHE_KEY: ref.cache_key,
+        Tag.CACHE_HIT: str(ref.cache_hit).lower(),
+        Tag.PIPELINE_RUN: pipeline_run,
     }
 
 
@@ -46,7 +46,7 @@ def run_distillation(
     tracking_uri: str | None,
     pipeline_run: str = "",
 ) -> dict:
-    """Train the student; write ``student.pt`` and ``run.json`` to ``out_dir``; log the run and model."""
+    """Train the student; write ``student.pt`` to ``out_dir``; log the run and model to MLflow."""
     import mlflow
 
     from kdflow import tracking
@@ -79,17 +79,17 @@ def run_distillation(
 
     def validate() -> dict[str, float]:
         pred = predict(student, val).argmax(-1)
-        out = {"val_accuracy": (pred == val.labels.cpu()).float().mean().item()}
+        out = {"val_accuracy": accuracy(pred, val.labels.cpu())}
         if teacher_val_top1 is not None:
-            out["val_agreement"] = (pred == teacher_val_top1).float().mean().item()
+            out["val_agreement"] = accuracy(pred, teacher_val_top1)
         return out
 
     tracking_uri = tracking.use_tracking(tracking_uri)
     exp = tracking.experiment_id(cfg.registry.experiment, tracking_uri)
     with mlflow.start_run(experiment_id=exp, run_name=f"{cfg.distill.method}-{cfg.student.arch}") as run:
         tracking.log_config(cfg)
-        tracking.set_tags({**_tags(dataset, ref, pipeline_run), "kdflow.method": cfg.distill.method,
-                           "kdflow.student_arch": cfg.student.arch, "kdflow.device": str(device)})
+        tracking.set_tags({**_tags(dataset, ref, pipeline_run), Tag.METHOD: cfg.distill.method,
+                           Tag.STUDENT_ARCH: cfg.student.arch, Tag.DEVICE: str(device)})
         final = fit(
             distiller, train, cfg.train,
             validate=validate if val is not None else None,
@@ -97,10 +97,9 @@ def run_distillation(
             checkpoint_dir=str(Path(out_dir) / "checkpoints"),
         )
         student = student.cpu().eval()
-        storage_for(out_dir).write_bytes(str(Path(out_dir) / STUDENT_FILE),
-                                         save_checkpoint(student, cfg.student.arch, dataset.num_classes))
+        student_uri = join(out_dir, STUDENT_FILE)
+        storage_for(student_uri).write_bytes(student_uri, save_checkpoint(student, cfg.student.arch,
+                                                                          dataset.num_classes))
         example = to_float_images(torch.from_numpy(train_arrays.images[:2]))
         model_uri = tracking.log_model(student, example)
-    result = {"run_id": run.info.run_id, "model_uri": model_uri, "final_metrics": final}
-    (Path(out_dir) / RUN_FILE).write_text(json.dumps(result, indent=2))
-    return result
+    return {"run_id": run.info.run_id, "model_uri": model_uri, "final_metrics": final}

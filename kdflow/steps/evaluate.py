@@ -18,6 +18,7 @@ from kdflow.softlabels.ref import SoftLabelRef
 from kdflow.steps.distill import STUDENT_FILE
 from kdflow.training.batches import ArrayBatches
 from kdflow.training.device import resolve_device
+from kdflow.tracking import Tag
 from kdflow.training.trainer import predict
 
 
@@ -56,5 +57,5 @@ def run_evaluation(
                             ("student_accuracy", "teacher_accuracy", "agreement")})
         mlflow.log_metrics({k: float(report[k]) for k in ("student_parameters", "student_size_bytes")})
         mlflow.log_dict(report, "evaluation.json")
-        tracking.set_tags({"kdflow.gate_passed": str(decision.passed).lower(), "kdflow.gate": decision.summary})
+        tracking.set_tags({Tag.GATE_PASSED: str(decision.passed).lower(), Tag.GATE: decision.summary})
     return report

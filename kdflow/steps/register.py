@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from kdflow.config import Config
 from kdflow.logs import setup_logging
+from kdflow.tracking import Tag
 from kdflow.errors import KdflowError
 
-# Run tags copied onto the model version, so the registry alone says where a model came from.
-LINEAGE_TAGS = (
-    "kdflow.dataset_fingerprint",
-    "kdflow.teacher_digest",
-    "kdflow.softlabel_cache_key",
-    "kdflow.pipeline_run",
-    "kdflow.method",
-)
 
 
 def run_registration(run_id: str, model_uri: str, config_yaml: str, tracking_uri: str | None) -> dict:
@@ -28,16 +21,16 @@ def run_registration(run_id: str, model_uri: str, config_yaml: str, tracking_uri
     tracking.use_tracking(tracking_uri)
     client = MlflowClient()
     run = client.get_run(run_id)
-    if run.data.tags.get("kdflow.gate_passed") != "true":
+    if run.data.tags.get(Tag.GATE_PASSED) != "true":
         raise KdflowError(
-            f"run {run_id} did not pass the evaluation gate ({run.data.tags.get('kdflow.gate', 'not evaluated')})",
+            f"run {run_id} did not pass the evaluation gate ({run.data.tags.get(Tag.GATE, 'not evaluated')})",
             "only a student that passes evaluation is registered",
         )
-    tags = {k: run.data.tags[k] for k in LINEAGE_TAGS if k in run.data.tags}
-    tags["kdflow.run_id"] = run_id
+    tags = {k: run.data.tags[k] for k in Tag.LINEAGE if k in run.data.tags}
+    tags[Tag.RUN_ID] = run_id
     version = mlflow.register_model(model_uri, cfg.registry.model_name, tags=tags)
     client.set_registered_model_alias(cfg.registry.model_name, cfg.registry.alias, version.version)
     with mlflow.start_run(run_id=run_id):
-        tracking.set_tags({"kdflow.registered_model": cfg.registry.model_name,
-                           "kdflow.registered_version": version.version})
+        tracking.set_tags({Tag.REGISTERED_MODEL: cfg.registry.model_name,
+                           Tag.REGISTERED_VERSION: version.version})
     return {"name": cfg.registry.model_name, "version": str(version.version), "alias": cfg.registry.alias}

@@ -72,9 +72,8 @@ def fit(
 
     start_epoch, metrics = 0, {}
     ckpt_uri = join(checkpoint_dir, CHECKPOINT) if checkpoint_dir else None
-    if ckpt_uri and storage_for(ckpt_uri).exists(ckpt_uri):
-        state = torch.load(io.BytesIO(storage_for(ckpt_uri).read_bytes(ckpt_uri)), map_location=device,
-                           weights_only=True)
+    if ckpt_uri and (store := storage_for(ckpt_uri)).exists(ckpt_uri):
+        state = torch.load(io.BytesIO(store.read_bytes(ckpt_uri)), map_location=device, weights_only=True)
         distiller.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -6,7 +6,9 @@ only when they are invoked.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -120,6 +122,52 @@ def digits(output: Path) -> None:
     from kdflow.data.digits import write_digits
 
     click.echo(write_digits(output))
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks (they print what they measured and write it to a Markdown file)."""
+
+
+@bench.command("quality")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), default=Path("../shared/data/cifar10-jpg.tar.gz"),
+              show_default=True, help="CIFAR-10 as JPEG folders (train/<class>, test/<class>): a folder or .tar.gz.")
+@click.option("--teacher", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=Path("../shared/models/cifar10-resnet/resnet56-4bfd9763.th"), show_default=True,
+              help="The ResNet-56 state_dict checkpoint the teacher is adapted from.")
+@click.option("--profile", type=click.Choice(["gpu", "cpu-reduced", "smoke"]), default="cpu-reduced",
+              show_default=True, help="gpu: full data, 30 epochs. cpu-reduced: a subset and shorter schedule "
+                                      "for 2 CPU cores. smoke: seconds, checks the plumbing only.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated training seeds.")
+@click.option("--rows", default="ce,kd-plain,kd-views,kd-online", show_default=True,
+              help="Comma-separated rows to run (ce, kd-plain, kd-views, kd-online).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".kdflow/bench"),
+              show_default=True, help="Scratch folder: unpacked data, cache, MLflow store, results.json.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("docs/benchmarks.md"),
+              show_default=True, help="Markdown file the result section is appended to.")
+def bench_quality(data, teacher, profile, seeds, rows, workdir, output) -> None:
+    """CIFAR-10: ResNet-56 teacher (adapted) -> ResNet-20 student; ce vs KD plain / replayed views / online."""
+    from kdflow.bench import quality
+    from kdflow.logs import setup_logging
+
+    setup_logging()
+    torch_threads = os.cpu_count() or 1
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    seed_list = tuple(int(s) for s in seeds.split(","))
+    row_list = tuple(r.strip() for r in rows.split(","))
+    unknown = set(row_list) - set(quality.ROWS)
+    if unknown:
+        raise click.BadParameter(f"unknown rows {sorted(unknown)}; use {', '.join(quality.ROWS)}", param_hint="--rows")
+    results = quality.run(data.resolve(), teacher.resolve(), workdir.resolve(), profile, row_list, seed_list)
+    command = "kdflow bench quality " + " ".join(sys.argv[3:])
+    text = quality.report(results, command)
+    click.echo(text)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("a") as f:
+        f.write(f"\n## Quality, profile {profile} ({time.strftime('%Y-%m-%d')})\n\n{text}\n")
+    click.echo(f"appended to {output}")
 
 
 def entrypoint() -> None:

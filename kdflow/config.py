@@ -32,6 +32,10 @@ class DataConfig:
     test_fraction: float = 0.2  # of all data, when the data has no test/ subtree
     seed: int = 0  # seeds the stratified split
     shard_size: int = 8192  # samples per shard
+    # squash: resize to image_size x image_size, ignoring the aspect ratio (cheap; fine for data that
+    # is already square). short_side: resize the short side to image_size, then centre-crop: what
+    # pretrained teachers saw (torchvision's Resize + CenterCrop), so objects keep their shape.
+    resize: Literal["squash", "short_side"] = "squash"
 
     def __post_init__(self) -> None:
         _check(4 <= self.image_size <= 1024, "data.image_size", f"is {self.image_size}", "use 4..1024")
@@ -54,8 +58,14 @@ class TeacherConfig:
     top_k: int = 10  # logits kept per sample; full rows when the class count is <= top_k
     batch_size: int = 512  # inference batch size (teacher inference and evaluation)
     bootstrap_epochs: int = 20  # epochs for the teacher trained when none is given
+    # Teacher adaptation: fine-tune the given teacher on the train split (cross-entropy, with the
+    # run's augmentation) before it labels anything. 0 epochs: off, the teacher is used as given.
+    adapt_epochs: int = 0
+    adapt_lr: float = 0.01  # peak learning rate of the fine-tuning (cosine schedule, train.* otherwise)
 
     def __post_init__(self) -> None:
+        _check(self.adapt_epochs >= 0, "teacher.adapt_epochs", f"is {self.adapt_epochs}", "use 0 (off) or more")
+        _check(self.adapt_lr > 0, "teacher.adapt_lr", f"is {self.adapt_lr}", "use a positive learning rate")
         _check(self.top_k >= 1, "teacher.top_k", f"is {self.top_k}", "use k >= 1")
         _check(self.batch_size >= 1, "teacher.batch_size", f"is {self.batch_size}", "use a positive size")
         _check((self.mean is None) == (self.std is None), "teacher.mean",
@@ -64,6 +74,40 @@ class TeacherConfig:
             _check(all(s > 0 for s in self.std), "teacher.std", "has a value <= 0", "use positive stds")
             _check(len(self.std) == len(self.mean or ()), "teacher.std",
                    "and teacher.mean differ in length", "give one value per channel in each")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Per-batch augmentation on the training device, and the teacher views cached for replay.
+
+    Defaults: pad-and-crop on, flip OFF. A horizontal flip changes the class of digits, letters and
+    many traffic signs, and a silently wrong label costs more than the flip gains on natural images;
+    turn it on (``flip: true``) for photos of objects and scenes such as CIFAR-10 or ImageNet.
+
+    Offline distillation replays the cached views: each epoch the student sees, per sample, one of
+    the ``views`` pictures the teacher labelled, pixel for pixel. Nothing else is applied on top, so
+    there is no augmentation that the cache does not describe (no colour jitter, no mixing).
+    """
+
+    crop: Literal["none", "pad", "resized"] = "pad"  # pad: zero-pad and crop back; resized: random-resized-crop
+    padding: int = 4  # pixels of zero padding on each side, for crop: pad
+    scale: tuple[float, ...] = (0.35, 1.0)  # area fraction range, for crop: resized
+    ratio: tuple[float, ...] = (0.75, 4 / 3)  # aspect ratio range, for crop: resized
+    flip: bool = False  # horizontal flip with probability 1/2 (see above for why off by default)
+    views: int = 8  # augmented views per training sample labelled by the teacher and cached (offline)
+    seed: int = 0  # seeds the cached views' parameters
+
+    @property
+    def active(self) -> bool:
+        return self.crop != "none" or self.flip
+
+    def __post_init__(self) -> None:
+        _check(self.padding >= 0, "augment.padding", f"is {self.padding}", "use 0 or more pixels")
+        _check(len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1, "augment.scale",
+               f"is {list(self.scale)}", "use [min, max] with 0 < min <= max <= 1")
+        _check(len(self.ratio) == 2 and 0 < self.ratio[0] <= self.ratio[1], "augment.ratio",
+               f"is {list(self.ratio)}", "use [min, max] with 0 < min <= max")
+        _check(0 <= self.views <= 256, "augment.views", f"is {self.views}", "use 0..256")
 
 
 @dataclass(frozen=True)
@@ -99,6 +143,9 @@ class DistillConfig:
 
     method: str = "kd"
     options: Any = None  # resolved to the method's Options dataclass by Config.from_dict
+    # offline: teacher logits come from the soft-label cache (replayed views when augmenting).
+    # online: the teacher runs on every training batch, on the same augmented pixels the student sees.
+    teacher: Literal["offline", "online"] = "offline"
 
     def __post_init__(self) -> None:
         # Imported here, not at module import: the registry pulls in torch.
@@ -143,11 +190,32 @@ class Config:
     tracking_uri: str | None = None  # MLflow tracking URI
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+
+    def __post_init__(self) -> None:
+        if self.augment.active and self.augment.views == 0 and self.replays_cache():
+            raise ConfigError(
+                "augment is on but augment.views is 0: the student would see augmented pictures while "
+                "the cached teacher labels describe the plain ones",
+                "set augment.views >= 1 (replayed teacher views), distill.teacher: online, or turn "
+                "augmentation off (augment.crop: none, augment.flip: false)",
+            )
+
+    def replays_cache(self) -> bool:
+        """True when the student learns from cached teacher logits (an offline method that uses them)."""
+        from kdflow.distillers import get_distiller_class
+
+        cls = get_distiller_class(self.distill.method)
+        return cls.uses_teacher and not cls.needs_teacher_online and self.distill.teacher == "offline"
+
+    def cached_views(self) -> int:
+        """Augmented teacher views the soft-label cache must hold for this run (0: the plain view only)."""
+        return self.augment.views if self.augment.active and self.replays_cache() else 0
 
     @classmethod
     def from_dict(cls, data: Any) -> "Config":

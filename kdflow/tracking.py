@@ -33,6 +33,8 @@ class Tag:
     METHOD = "kdflow.method"
     STUDENT_ARCH = "kdflow.student_arch"
     DEVICE = "kdflow.device"
+    TEACHER_MODE = "kdflow.teacher_mode"  # offline (cached soft labels) or online
+    VIEWS = "kdflow.softlabel_views"  # augmented views replayed (0: the plain view)
     GATE_PASSED = "kdflow.gate_passed"
     GATE = "kdflow.gate"
     RUN_ID = "kdflow.run_id"

@@ -16,6 +16,7 @@ from tests.helpers import free_port, make_image_folder
 TINY_CONFIG = """
 data: {image_size: 12, val_fraction: 0.15, test_fraction: 0.25, seed: 0}
 teacher: {arch: convnet_s, bootstrap_epochs: 4, top_k: 10, batch_size: 64}
+augment: {crop: pad, padding: 2, views: 2}
 student: {arch: convnet_xs}
 train: {epochs: 8, batch_size: 16, lr: 0.05, seed: 0}
 distill: {method: kd, options: {temperature: 4.0, alpha: 0.9}}

@@ -84,8 +84,42 @@ def scan(root: Path) -> tuple[list[Candidate], list[str], list[dict]]:
     return candidates, sorted(classes), stray
 
 
-def decode_one(c: Candidate, size: int) -> Decoded:
-    """Hash and decode one file; resize to ``size`` x ``size`` RGB."""
+RESIZE_MODES = ("squash", "short_side")
+
+
+def resize_to_square(img, size: int, resize: str = "squash"):
+    """Bring a PIL image to ``size`` x ``size`` (bilinear).
+
+    ``squash`` resizes straight to the square, ignoring the aspect ratio. ``short_side`` resizes the
+    short side to ``size`` (long side rounded to the nearest pixel, never below ``size``) and then
+    crops the centre with torchvision ``CenterCrop``'s arithmetic. That is the ``Resize`` +
+    ``CenterCrop`` evaluation transform pretrained teachers saw, so objects keep their shape
+    (torchvision's ``Resize`` truncates the long side rather than rounding it, so the two can
+    differ by one pixel before the crop).
+    """
+    from PIL import Image
+
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, not {resize!r}")
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img  # already the right square: both modes leave it untouched
+    if resize == "squash":
+        return img.resize((size, size), Image.Resampling.BILINEAR)
+    if w <= h:
+        new_w, new_h = size, max(size, int(round(h * size / w)))
+    else:
+        new_w, new_h = max(size, int(round(w * size / h))), size
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    # torchvision CenterCrop: top = round((h - size) / 2), left likewise.
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def decode_one(c: Candidate, size: int, resize: str = "squash") -> Decoded:
+    """Hash and decode one file; bring it to ``size`` x ``size`` RGB (see ``resize_to_square``)."""
     from PIL import Image, ImageFile, UnidentifiedImageError
 
     data = c.path.read_bytes()
@@ -108,22 +142,23 @@ def decode_one(c: Candidate, size: int) -> Decoded:
         return dropped(f"image too large: {exc}")
     except (OSError, SyntaxError, ValueError) as exc:
         return dropped(f"truncated or corrupt image: {exc}")
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    rgb = resize_to_square(rgb, size, resize)
     return Decoded(c.rel, c.label_name, c.split, sha, np.asarray(rgb, dtype=np.uint8).copy(), None)
 
 
-def _decode_chunk(args: tuple[list[Candidate], int]) -> list[Decoded]:
-    chunk, size = args
-    return [decode_one(c, size) for c in chunk]
+def _decode_chunk(args: tuple[list[Candidate], int, str]) -> list[Decoded]:
+    chunk, size, resize = args
+    return [decode_one(c, size, resize) for c in chunk]
 
 
-def decode_all(candidates: list[Candidate], size: int, workers: int | None = None) -> list[Decoded]:
+def decode_all(
+    candidates: list[Candidate], size: int, workers: int | None = None, resize: str = "squash"
+) -> list[Decoded]:
     """Decode every candidate, in order; across processes when there are many."""
     workers = workers or min(8, os.cpu_count() or 1)
     if workers <= 1 or len(candidates) < 2000:
-        return [decode_one(c, size) for c in candidates]
+        return [decode_one(c, size, resize) for c in candidates]
     step = 512
-    chunks = [(candidates[i : i + step], size) for i in range(0, len(candidates), step)]
+    chunks = [(candidates[i : i + step], size, resize) for i in range(0, len(candidates), step)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return [d for part in pool.map(_decode_chunk, chunks) for d in part]

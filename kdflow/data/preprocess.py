@@ -57,7 +57,7 @@ def preprocess(data_uri: str, out_root: str, cfg: DataConfig) -> DatasetManifest
     candidates, class_names, stray = scan(root)
     if len(class_names) < 2:
         raise DataError(f"{root} has {len(class_names)} class folder(s)", "a classifier needs at least 2 classes")
-    decoded = decode_all(candidates, cfg.image_size)
+    decoded = decode_all(candidates, cfg.image_size, resize=cfg.resize)
     dropped = stray + [{"path": d.rel, "reason": d.reason} for d in decoded if d.image is None]
     samples, dup_report = deduplicate([d for d in decoded if d.image is not None], class_names)
     if not samples:
@@ -67,7 +67,10 @@ def preprocess(data_uri: str, out_root: str, cfg: DataConfig) -> DatasetManifest
     spec = {
         "image_size": cfg.image_size,
         "channels": 3,
-        "resize": "bilinear",
+        # The resize mode changes every pixel, so it belongs in the spec: the dataset fingerprint,
+        # and with it the soft-label cache key, must differ between squash and short_side.
+        "resize": cfg.resize,
+        "interpolation": "bilinear",
         "val_fraction": cfg.val_fraction,
         "test_fraction": cfg.test_fraction,
         "seed": cfg.seed,

@@ -5,10 +5,10 @@ returns ``{"loss": scalar, "output": student logits [B, C], <named loss terms>}`
 only ever calls that and steps the optimizer on ``trainable_parameters()``.
 
 A batch is a dict:
-    image           float [B, C, H, W], pixels in [0, 1]
+    image           float [B, C, H, W], pixels in [0, 1] (augmented when the run augments)
     label           int64 [B]
-    teacher_logits  float [B, K] rebuilt from the soft-label cache (present unless the teacher
-                    runs online)
+    teacher_soft    ``SoftRows``: the cached teacher labels of exactly these pictures (absent when
+                    the teacher runs online); ``teacher_logits(batch, T)`` rebuilds dense rows
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any, ClassVar, Iterator
 
 import torch
 from torch import nn
+
+from kdflow.models.loading import Frozen
 
 
 class Distiller(nn.Module, ABC):
@@ -36,31 +38,41 @@ class Distiller(nn.Module, ABC):
     def __init__(self, student: nn.Module, teacher: nn.Module | None, options: Any):
         super().__init__()
         self.student = student
-        self.teacher = teacher
+        # Wrapped so that train()/eval() never reach it: an exported (MLflow pt2) teacher refuses them.
+        self.teacher = teacher if teacher is None or isinstance(teacher, Frozen) else Frozen(teacher.eval())
         self.options = options
         if teacher is not None:
-            teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> "Distiller":
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # frozen: BatchNorm statistics and dropout stay in inference mode
-        return self
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """What the optimizer updates: the student (a subclass adds its own connectors)."""
         return self.student.parameters()
 
-    def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "teacher_logits" in batch:
-            return batch["teacher_logits"]
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """What a training checkpoint must hold: everything but the frozen teacher."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("teacher.")]
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint does not fit {type(self).__name__}: missing {missing}, "
+                               f"unexpected {unexpected}")
+
+    def teacher_logits(self, batch: dict[str, Any], temperature: float = 1.0) -> torch.Tensor:
+        """Teacher logits of the batch's pictures, for softmax(z / temperature): float32 [B, C].
+
+        From the cache when the batch carries them, else from the teacher online, in fp32 outside
+        autocast, as the cache's were computed: offline and online see the same numbers.
+        """
+        if "teacher_soft" in batch:
+            return batch["teacher_soft"].logits(temperature)
         if self.teacher is None:
             raise RuntimeError(f"{type(self).__name__} needs teacher logits: none cached, no teacher online")
-        with torch.no_grad():
-            return self.teacher(batch["image"])
+        with torch.no_grad(), torch.autocast(batch["image"].device.type, enabled=False):
+            return self.teacher(batch["image"].float()).float()
 
     @abstractmethod
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Return ``{"loss", "output", <named terms>}`` for one batch."""

@@ -1,4 +1,4 @@
-"""Hinton KD from the teacher's cached soft labels (``kdflow.losses.kd``, arXiv:1503.02531)."""
+"""Hinton KD from the teacher's cached soft labels (or the teacher online) (``kdflow.losses.kd``, arXiv:1503.02531)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class KD(Distiller):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self.student(batch["image"])
-        kd = kd_loss(logits, self.teacher_logits(batch), self.options.temperature)
+        kd = kd_loss(logits, self.teacher_logits(batch, self.options.temperature), self.options.temperature)
         ce = F.cross_entropy(logits.float(), batch["label"])
         loss = self.options.alpha * kd + (1.0 - self.options.alpha) * ce
         return {"loss": loss, "output": logits, "kd": kd.detach(), "ce": ce.detach()}

@@ -74,6 +74,25 @@ def _is_torchscript(data: bytes) -> bool:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
 
 
+class Frozen(nn.Module):
+    """A teacher that stays in inference mode whatever its owner does.
+
+    ``train()``/``eval()`` stop here: a torch.export program's module (an MLflow pt2 teacher) refuses
+    them, and every other teacher was put in eval mode once, when loaded.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self.training = False
+
+    def train(self, mode: bool = True) -> "Frozen":
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
 @dataclass
 class TeacherSource:
     """A teacher reference. ``digest`` is cheap; ``load`` builds the module (only on a cache miss)."""
@@ -86,6 +105,7 @@ class TeacherSource:
     def __post_init__(self) -> None:
         self._bytes: bytes | None = None
         self._mlflow_model: nn.Module | None = None
+        self._ckpt: object | None = None
 
     @property
     def is_mlflow(self) -> bool:
@@ -107,13 +127,47 @@ class TeacherSource:
                                   "check the model name, version or alias, and the tracking URI") from exc
         return self._mlflow_model
 
+    def kind(self) -> str:
+        """``mlflow``, ``torchscript``, ``kdflow`` (a checkpoint that records its architecture and
+        normalisation) or ``state_dict`` (bare weights: needs ``arch``)."""
+        if self.is_mlflow:
+            return "mlflow"
+        if _is_torchscript(self._data()):
+            return "torchscript"
+        ckpt = self._checkpoint()
+        return "kdflow" if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT else "state_dict"
+
+    def _checkpoint(self) -> object:
+        if self._ckpt is None:
+            try:
+                self._ckpt = torch.load(io.BytesIO(self._data()), map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise KdflowError(
+                    f"teacher {self.uri} is neither TorchScript nor a weights-only state_dict checkpoint: {exc}",
+                    "export the teacher with torch.jit.save, or save its state_dict with torch.save",
+                ) from exc
+        return self._ckpt
+
+    def _normalises_itself(self) -> bool:
+        kind = self.kind()
+        return kind == "kdflow" or (kind == "mlflow" and self._mlflow_normalises_itself())
+
     def digest(self) -> str:
-        """Content digest of the teacher, with the settings that change its outputs."""
+        """Content digest of the teacher, with exactly the settings that change its outputs.
+
+        ``arch`` counts only for a bare state_dict (any other kind records its own architecture),
+        and ``mean``/``std`` only for a teacher that does not normalise its input itself: naming
+        them for a kdflow checkpoint changes nothing it computes, so it must not change the key.
+        """
         if self.is_mlflow:
             content = state_dict_digest(self._load_mlflow())
         else:
             content = sha256_bytes(self._data())
-        return digest_of({"content": content, "arch": self.arch, "mean": self.mean, "std": self.std})
+        return digest_of({
+            "content": content,
+            "arch": self.arch if self.kind() == "state_dict" else None,
+            "normalisation": None if self._normalises_itself() else {"mean": self.mean, "std": self.std},
+        })
 
     def _mlflow_normalises_itself(self) -> bool:
         from mlflow.models import get_model_info
@@ -123,29 +177,36 @@ class TeacherSource:
         metadata = get_model_info(self.uri).metadata or {}
         return metadata.get(INPUT_METADATA_KEY) == INPUT_PIXELS_01
 
-    def load(self, default_mean: Sequence[float], default_std: Sequence[float]) -> nn.Module:
-        """The teacher as a module taking [0, 1] pixels [B, C, H, W], in eval mode with grads off."""
+    def load(self, default_mean: Sequence[float], default_std: Sequence[float]) -> "Frozen":
+        """The teacher as a frozen module taking [0, 1] pixels [B, C, H, W]: eval mode, no grads."""
         module = self._load_mlflow() if self.is_mlflow else self._load_file()
-        builtin = isinstance(module, Classifier) or (self.is_mlflow and self._mlflow_normalises_itself())
-        if not builtin:
+        if not self._normalises_itself():
             module = Classifier(module, self.mean or default_mean, self.std or default_std)
         if not self.is_mlflow:  # an exported (pt2) program has no train/eval switch; it was traced in eval
             module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
-        return module
+        return Frozen(module)
+
+    def load_trainable(self, default_mean: Sequence[float], default_std: Sequence[float]) -> tuple[Classifier, str]:
+        """The teacher as a trainable ``Classifier`` and its architecture name (for adaptation)."""
+        kind = self.kind()
+        if kind not in ("kdflow", "state_dict"):
+            raise KdflowError(
+                f"teacher {self.uri} is a {kind} model; teacher adaptation fine-tunes weights of a kdflow "
+                "architecture",
+                "give the teacher as a state_dict checkpoint with teacher.arch, or set teacher.adapt_epochs: 0",
+            )
+        if kind == "kdflow":
+            return load_checkpoint(self._data())
+        net = self._load_file()
+        return Classifier(net, self.mean or default_mean, self.std or default_std), str(self.arch)
 
     def _load_file(self) -> nn.Module:
         data = self._data()
         if _is_torchscript(data):
             return torch.jit.load(io.BytesIO(data), map_location="cpu")
-        try:
-            ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise KdflowError(
-                f"teacher {self.uri} is neither TorchScript nor a weights-only state_dict checkpoint: {exc}",
-                "export the teacher with torch.jit.save, or save its state_dict with torch.save",
-            ) from exc
+        ckpt = self._checkpoint()
         if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
             model, _ = load_checkpoint(data)
             return model

@@ -2,15 +2,22 @@
 
 Layout under the cache root (a folder, ``file://`` or ``s3://``)::
 
-    softlabels/v1/<key>/<split>-NNNNN.npz    ids, values, index, lse (see codec.py); one shard per
-                                             dataset shard, rows in the dataset's order
-    softlabels/v1/<key>/manifest.json        written last: the commit
+    softlabels/v2/views/<view key>/<split>-NNNNN.npz   ids, values, index, tail_lse, tail_mean
+                                                       (codec.py) and, for augmented views, params
+                                                       (the view's crop box and flip, int16 [n, 5]);
+                                                       one shard per dataset shard, in dataset order
+    softlabels/v2/views/<view key>/manifest.json       written last: the view's commit
+    softlabels/v2/entries/<key>.json                   the entry: the list of its views, written
+                                                       after every view is complete
 
-The key is a digest of what determines the soft labels: the teacher's content digest, the dataset
-fingerprint, the preprocessing spec, k and the list of cached views (one ``identity`` view now;
-augmented views add entries to that list and a view axis already exists in every array).
+A view key digests what determines that view's soft labels: the teacher's content digest, the
+dataset fingerprint, the preprocessing spec, k and the view's spec (identity; or the augmentation
+settings, their seed and the view's index). The entry key digests the same with the whole list of
+views, so V, the augmentation spec and its seed join k in the key. Views are stored on their own,
+so entries share them: a run asking for 16 views reuses the 8 an earlier run computed, and a
+cross-entropy run, an online run and an offline one share the plain view.
 
-An entry is complete only when its manifest exists, names the same key and every shard it lists
+A view is complete only when its manifest exists, names the same key and every shard it lists
 exists with the recorded size; readers also check each shard's sha256. Anything else is a miss: the
 writer resumes by keeping shards that already hold the expected sample ids and rewriting the rest.
 """
@@ -20,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -31,124 +38,203 @@ from kdflow.data.shards import DatasetManifest
 from kdflow.digest import digest_of, pack_arrays, sha256_bytes, unpack_arrays
 from kdflow.errors import CacheError, KdflowError
 from kdflow.softlabels.codec import dense
+from kdflow.softlabels.views import IDENTITY, View
 from kdflow.storage import join, storage_for
 
 log = logging.getLogger(__name__)
 
-FORMAT = "kdflow.softlabels/1"
+FORMAT = "kdflow.softlabels/2"
 MANIFEST = "manifest.json"
-VIEWS = ("identity",)
+CODEC = ("values", "index", "tail_lse", "tail_mean")
+
+# infer(images uint8 [n, H, W, 3], view params int16 [n, 5] or None) -> codec arrays for those rows
+Infer = Callable[[np.ndarray, "np.ndarray | None"], dict[str, np.ndarray]]
 
 
-def cache_key(teacher_digest: str, dataset: DatasetManifest, top_k: int, views: tuple[str, ...] = VIEWS) -> str:
-    return digest_of({
-        "format": FORMAT,
-        "teacher": teacher_digest,
-        "dataset": dataset.fingerprint,
-        "preprocessing": dataset.data["spec"],
-        "top_k": top_k,
-        "views": list(views),
-    })
+@dataclass(frozen=True)
+class EntrySpec:
+    """What a cache entry holds: one teacher's labels of one dataset's views."""
+
+    teacher_digest: str
+    dataset: DatasetManifest
+    top_k: int
+    views: tuple[View, ...] = (IDENTITY,)
+
+    def _base(self) -> dict:
+        return {"format": FORMAT, "teacher": self.teacher_digest, "dataset": self.dataset.fingerprint,
+                "preprocessing": self.dataset.data["spec"], "top_k": self.top_k}
+
+    @property
+    def key(self) -> str:
+        return digest_of({**self._base(), "views": [v.spec for v in self.views]})
+
+    def view_key(self, view: View) -> str:
+        return digest_of({**self._base(), "view": view.spec})
+
+
+def cache_key(teacher_digest: str, dataset: DatasetManifest, top_k: int, views: tuple[View, ...] = (IDENTITY,)) -> str:
+    return EntrySpec(teacher_digest, dataset, top_k, tuple(views)).key
+
+
+@dataclass(frozen=True)
+class SoftRows:
+    """A batch's compact teacher labels: values/index [B, k], tail_lse/tail_mean [B]."""
+
+    values: torch.Tensor
+    index: torch.Tensor
+    tail_lse: torch.Tensor
+    tail_mean: torch.Tensor
+    num_classes: int
+
+    def logits(self, temperature: float = 1.0) -> torch.Tensor:
+        """Dense teacher logits for softmax(z / temperature): float32 [B, num_classes]."""
+        return dense(self.values, self.index, self.tail_lse, self.tail_mean, self.num_classes, temperature)
 
 
 @dataclass(frozen=True)
 class SoftLabels:
-    """One split's cached soft labels, as tensors, aligned row for row with the dataset split."""
+    """One split's cached soft labels for V views, aligned row for row with the dataset split."""
 
-    values: torch.Tensor  # float16 [N, V, k]
+    values: torch.Tensor  # float32 [N, V, k]
     index: torch.Tensor  # int32 [N, V, k]
-    lse: torch.Tensor  # float32 [N, V]
+    tail_lse: torch.Tensor  # float32 [N, V]
+    tail_mean: torch.Tensor  # float32 [N, V]
     num_classes: int
+    params: torch.Tensor | None = field(default=None)  # int16 [N, V, 5] for augmented views
 
-    def logits(self, rows: torch.Tensor, view: int = 0) -> torch.Tensor:
-        """Dense teacher logits for dataset rows ``rows`` [B]: float32 [B, num_classes]."""
-        return dense(self.values[rows, view], self.index[rows, view], self.lse[rows, view], self.num_classes)
+    @property
+    def num_views(self) -> int:
+        return int(self.values.shape[1])
+
+    def rows(self, rows: torch.Tensor, views: torch.Tensor | None = None) -> SoftRows:
+        """The labels of dataset rows ``rows`` [B], view ``views[i]`` for row i (default view 0)."""
+        views = torch.zeros_like(rows) if views is None else views
+        return SoftRows(self.values[rows, views], self.index[rows, views], self.tail_lse[rows, views],
+                        self.tail_mean[rows, views], self.num_classes)
+
+    def logits(self, rows: torch.Tensor, views: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+        return self.rows(rows, views).logits(temperature)
 
     def top1(self, view: int = 0) -> torch.Tensor:
         """The teacher's predicted class per row [N] (exact: the top-1 logit is always kept)."""
-        best = self.values[:, view].float().argmax(dim=-1, keepdim=True)
+        best = self.values[:, view].argmax(dim=-1, keepdim=True)
         return self.index[:, view].gather(-1, best).squeeze(-1).long()
 
     def to(self, device: torch.device | str) -> "SoftLabels":
-        return SoftLabels(self.values.to(device), self.index.to(device), self.lse.to(device), self.num_classes)
+        return SoftLabels(self.values.to(device), self.index.to(device), self.tail_lse.to(device),
+                          self.tail_mean.to(device), self.num_classes,
+                          None if self.params is None else self.params.to(device))
 
 
 class SoftLabelCache:
     def __init__(self, root: str):
         self.root = root
         self.store = storage_for(root)
-        # Manifests verified by load_split: a step reads several splits of one entry, and lookup
+        # Entries verified by load_split: a step reads several splits of one entry, and verifying
         # costs a read plus a size check per shard (an S3 HEAD each).
         self._verified: dict[str, dict[str, Any]] = {}
+        self._verified_views: dict[str, dict[str, Any]] = {}
 
     def entry_uri(self, key: str) -> str:
-        return join(self.root, "softlabels", "v1", key)
+        return join(self.root, "softlabels", "v2", "entries", f"{key}.json")
 
-    def lookup(self, key: str) -> dict[str, Any] | None:
-        """The manifest of a complete entry, or None (absent, unfinished, or not verifying)."""
-        uri = join(self.entry_uri(key), MANIFEST)
+    def view_uri(self, view_key: str) -> str:
+        return join(self.root, "softlabels", "v2", "views", view_key)
+
+    def _read_json(self, uri: str, key: str) -> dict[str, Any] | None:
         if not self.store.exists(uri):
             return None
         try:
-            manifest = json.loads(self.store.read_bytes(uri))
+            data = json.loads(self.store.read_bytes(uri))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            log.warning("soft-label manifest %s is unreadable; treating the entry as a miss", uri)
+            log.warning("soft-label manifest %s is unreadable; treating it as a miss", uri)
             return None
-        if manifest.get("format") != FORMAT or manifest.get("key") != key:
-            log.warning("soft-label manifest %s does not match key %s; treating as a miss", uri, key[:12])
+        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("key") != key:
+            log.warning("soft-label manifest %s does not match key %s; treating it as a miss", uri, key[:12])
+            return None
+        return data
+
+    def view_manifest(self, view_key: str) -> dict[str, Any] | None:
+        """The manifest of a complete view, or None (absent, unfinished, or not verifying)."""
+        manifest = self._read_json(join(self.view_uri(view_key), MANIFEST), view_key)
+        if manifest is None:
             return None
         for split in manifest["splits"].values():
             for shard in split["shards"]:
-                if self.store.size(join(self.entry_uri(key), shard["file"])) != shard["size"]:
-                    log.warning("soft-label shard %s is missing or resized; treating as a miss", shard["file"])
+                if self.store.size(join(self.view_uri(view_key), shard["file"])) != shard["size"]:
+                    log.warning("soft-label shard %s of view %s is missing or resized; treating as a miss",
+                                shard["file"], view_key[:12])
                     return None
         return manifest
 
-    def write(
-        self,
-        key: str,
-        dataset: DatasetManifest,
-        top_k: int,
-        infer: Callable[[np.ndarray], dict[str, np.ndarray]],
-        extra: dict[str, Any],
-    ) -> dict[str, Any]:
-        """Fill the entry ``key`` shard by shard, then commit its manifest.
+    def lookup(self, key: str) -> dict[str, Any] | None:
+        """The manifest of a complete entry (every view complete), or None."""
+        entry = self._read_json(self.entry_uri(key), key)
+        if entry is None or any(self.view_manifest(v["key"]) is None for v in entry["views"]):
+            return None
+        return entry
 
-        ``infer(images uint8 [n, H, W, 3])`` returns the codec arrays for those rows. A shard already
-        present with the expected ids (left by an interrupted run) is kept without inference.
+    def write(self, spec: EntrySpec, infer: Infer, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+        """Fill every view of ``spec`` that is not complete yet, then commit the entry.
+
+        Returns (entry manifest, {"views_computed": n, "views_reused": m}).
         """
-        entry = self.entry_uri(key)
+        stats = {"views_computed": 0, "views_reused": 0}
+        views = []
+        for view in spec.views:
+            vkey = spec.view_key(view)
+            if self.view_manifest(vkey) is not None:
+                stats["views_reused"] += 1
+            else:
+                self._write_view(vkey, view, spec, infer)
+                stats["views_computed"] += 1
+            views.append({"key": vkey, "spec": view.spec})
+        entry = {
+            "format": FORMAT,
+            "key": spec.key,
+            "kdflow_version": __version__,
+            "created_unix": int(time.time()),
+            "dataset_fingerprint": spec.dataset.fingerprint,
+            "num_classes": spec.dataset.num_classes,
+            "top_k": spec.top_k,
+            "views": views,
+            **extra,
+        }
+        self.store.write_bytes(self.entry_uri(spec.key), json.dumps(entry, indent=2).encode())
+        return entry, stats
+
+    def _write_view(self, vkey: str, view: View, spec: EntrySpec, infer: Infer) -> None:
+        dataset, root = spec.dataset, self.view_uri(vkey)
         data_store = storage_for(dataset.root)
+        size = dataset.image_size
         splits: dict[str, dict] = {}
         for split, info in dataset.data["splits"].items():
-            shards = []
+            if not view.covers(split):
+                continue
+            params = view.params(split, info["count"], size, size)  # the whole split's, then sliced
+            shards, start = [], 0
             for dshard in info["shards"]:
-                uri = join(entry, dshard["file"])
+                uri = join(root, dshard["file"])
                 arrays = unpack_arrays(data_store.read_bytes(join(dataset.root, dshard["file"])))
+                rows = slice(start, start + dshard["count"])
+                start += dshard["count"]
                 raw = self._resumable(uri, arrays["ids"])
                 if raw is None:
-                    out = infer(arrays["images"])
+                    p = None if params is None else params[rows]
+                    out = infer(arrays["images"], p)
+                    if p is not None:
+                        out["params"] = p
                     raw = pack_arrays({"ids": arrays["ids"], **out})
                     self.store.write_bytes(uri, raw)
                 else:
-                    log.info("soft labels: resuming, kept %s", dshard["file"])
+                    log.info("soft labels: resuming, kept %s of view %s", dshard["file"], vkey[:12])
                 shards.append({"file": dshard["file"], "count": dshard["count"],
                                "sha256": sha256_bytes(raw), "size": len(raw)})
             splits[split] = {"count": info["count"], "shards": shards}
-        manifest = {
-            "format": FORMAT,
-            "key": key,
-            "kdflow_version": __version__,
-            "created_unix": int(time.time()),
-            "dataset_fingerprint": dataset.fingerprint,
-            "num_classes": dataset.num_classes,
-            "top_k": top_k,
-            "views": list(VIEWS),
-            "splits": splits,
-            **extra,
-        }
-        self.store.write_bytes(join(entry, MANIFEST), json.dumps(manifest, indent=2).encode())
-        return manifest
+        manifest = {"format": FORMAT, "key": vkey, "kdflow_version": __version__, "spec": view.spec,
+                    "teacher_digest": spec.teacher_digest, "num_classes": dataset.num_classes,
+                    "top_k": spec.top_k, "splits": splits}
+        self.store.write_bytes(join(root, MANIFEST), json.dumps(manifest, indent=2).encode())
 
     def _resumable(self, uri: str, ids: np.ndarray) -> bytes | None:
         if not self.store.exists(uri):
@@ -161,23 +247,47 @@ class SoftLabelCache:
             pass
         return None
 
-    def load_split(self, key: str, split: str, expected_ids: np.ndarray) -> SoftLabels:
-        """Read one split, verifying shard digests and row alignment with the dataset."""
-        manifest = self._verified.get(key) or self.lookup(key)
-        if manifest is None:
+    def _entry(self, key: str) -> dict[str, Any]:
+        entry = self._verified.get(key) or self.lookup(key)
+        if entry is None:
             raise CacheError(f"soft-label cache entry {self.entry_uri(key)} is not complete",
                              "run the teacher inference step for this dataset and teacher first")
-        self._verified[key] = manifest
+        self._verified[key] = entry
+        return entry
+
+    def load_split(self, key: str, split: str, expected_ids: np.ndarray, augmented: bool = False) -> SoftLabels:
+        """One split's labels, verifying shard digests and row alignment with the dataset.
+
+        ``augmented=False``: the plain view only (V = 1). ``True``: the entry's augmented views,
+        stacked on the view axis with their parameters (V = augment.views).
+        """
+        entry = self._entry(key)
+        views = [v for v in entry["views"] if (v["spec"]["kind"] != "identity") == augmented]
+        if not views:
+            raise CacheError(f"soft-label cache entry {key[:12]} holds no {'augmented' if augmented else 'plain'} views",
+                             "re-run teacher inference with this run's config (augment.views)")
+        loaded = [self._load_view(v["key"], split, expected_ids) for v in views]
+        stack = {name: torch.from_numpy(np.stack([a[name] for a in loaded], axis=1))
+                 for name in CODEC + (("params",) if augmented else ())}
+        return SoftLabels(stack["values"], stack["index"], stack["tail_lse"], stack["tail_mean"],
+                          int(entry["num_classes"]), stack.get("params"))
+
+    def _load_view(self, vkey: str, split: str, expected_ids: np.ndarray) -> dict[str, np.ndarray]:
+        manifest = self._verified_views.get(vkey) or self.view_manifest(vkey)
+        if manifest is not None:
+            self._verified_views[vkey] = manifest
+        if manifest is None or split not in manifest["splits"]:
+            raise CacheError(f"soft-label view {vkey[:12]} has no complete '{split}' split",
+                             "re-run teacher inference for this dataset and teacher")
         parts = []
         for shard in manifest["splits"][split]["shards"]:
-            raw = self.store.read_bytes(join(self.entry_uri(key), shard["file"]))
+            raw = self.store.read_bytes(join(self.view_uri(vkey), shard["file"]))
             if sha256_bytes(raw) != shard["sha256"]:
-                raise CacheError(f"soft-label shard {shard['file']} of {key[:12]} fails its digest check",
-                                 f"delete {self.entry_uri(key)} and re-run teacher inference")
+                raise CacheError(f"soft-label shard {shard['file']} of view {vkey[:12]} fails its digest check",
+                                 f"delete {self.view_uri(vkey)} and re-run teacher inference")
             parts.append(unpack_arrays(raw))
         ids = np.concatenate([p["ids"] for p in parts])
         if not np.array_equal(ids, expected_ids):
-            raise CacheError(f"soft labels of {key[:12]} are not aligned with the dataset's '{split}' split",
-                             f"delete {self.entry_uri(key)} and re-run teacher inference")
-        cat = {name: torch.from_numpy(np.concatenate([p[name] for p in parts])) for name in ("values", "index", "lse")}
-        return SoftLabels(cat["values"], cat["index"], cat["lse"], int(manifest["num_classes"]))
+            raise CacheError(f"soft labels of view {vkey[:12]} are not aligned with the dataset's '{split}' split",
+                             f"delete {self.view_uri(vkey)} and re-run teacher inference")
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0] if name != "ids"}

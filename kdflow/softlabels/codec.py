@@ -1,46 +1,124 @@
-"""Compact soft labels: top-k logits, their class indices, and the logsumexp of the full row.
+"""Compact soft labels: a teacher's top-k logits plus a two-number summary of the rest.
 
-Per sample and view the cache keeps ``values`` (float16 [k]), ``index`` (int32 [k]) and ``lse``
-(float32, logsumexp of all C logits). Logits are kept rather than probabilities so that any
-temperature can be applied later. When C <= k the full row is kept and reconstruction is exact.
+Per row the codec keeps, all in float32:
 
-When C > k the C - k missing logits are rebuilt as equal values that carry exactly the tail's
-probability mass at T = 1: ``tail = log(exp(lse) - sum(exp(top-k))) - log(C - k)``. The student then
-sees the teacher's top-k ranking and the right total tail mass; only the tail's shape is lost (the
-same approximation as sparse soft-label schemes such as FKD, Shen & Xing, ECCV 2022).
+* ``values`` [k]: the k largest logits, sorted largest first (``torch.topk``);
+* ``index`` [k] (int32): their class indices;
+* ``tail_lse``: the logsumexp at T = 1 of the C - k logits not kept (the "tail");
+* ``tail_mean``: the tail's mean logit.
+
+Logits are kept rather than probabilities so that any distillation temperature can be applied
+later. When C <= k the whole row is kept (``index = arange(C)``, ``tail_lse = -inf``,
+``tail_mean = 0``) and reconstruction is exact. Everything is stored in float32: an earlier
+version kept fp16 values next to a full-row logsumexp and rebuilt the tail mass as a difference
+of two nearly equal numbers, which for confident teachers was off by a large factor.
+
+Tail model
+----------
+When C > k the n = C - k missing logits are rebuilt as one equal value ``t_T`` per row, chosen so
+that the tail's probability mass under ``softmax(z / T)`` is right. A uniform tail of n values t
+has ``sum_i exp(t / T) = n exp(t / T)``; matching the true tail ``sum_i exp(z_i / T)`` needs::
+
+    t_T = T * (LSE_i(z_i / T) - log n).
+
+Only ``LSE`` at T = 1 is stored, so ``LSE(z / T)`` is approximated to second order (a
+Gaussian-tail model: for tail logits with mean mu and variance s2, ``log mean exp(z / T) =
+mu / T + s2 / (2 T^2)`` exactly when they are Gaussian)::
+
+    LSE(z / T) ~= log n + mu / T + s2 / (2 T^2),   s2 / 2 = tail_lse - log n - mu  (clamped >= 0)
+
+    =>  t_T = mu + (tail_lse - log n - mu) / T.
+
+Properties: at T = 1 the tail mass is exact (up to float32 rounding); as T grows ``t_T`` tends to
+the tail's mean, which is the exact large-T limit; in between it is exact for Gaussian-distributed
+tail logits and an approximation otherwise (a truncated tail, which is what remains after taking
+the top-k, is not exactly Gaussian: the error is largest at intermediate T, a few percent of the
+tail mass around T = 2 for confident 1000-class teachers). The codec is meant for T >= 1. For
+T < 1 the model extrapolates and overestimates the tail mass (several-fold at T = 0.5), and can
+even overshoot the top-1, so ``t_T`` is clamped to the smallest kept logit, which the true value
+never exceeds (for T >= 1 the clamp never binds); the top-k ranking is then still intact.
+
+What is lost is the tail's shape: every tail class gets the same probability, so the student sees
+the teacher's top-k ranking and (approximately, exactly at T = 1) the total tail mass, but no
+ranking among the tail classes. The top-1 class is always kept exactly. This is the same trade-off
+as sparse soft-label schemes such as FKD (Shen & Xing, "A Fast Knowledge Distillation Framework
+for Visual Recognition", ECCV 2022), which store only the top-k of the teacher's soft labels.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
 
 def compress(logits: torch.Tensor, k: int) -> dict[str, np.ndarray]:
-    """logits: float [N, V, C] -> {"values": f16 [N, V, k'], "index": i32 [N, V, k'], "lse": f32 [N, V]}."""
-    logits = logits.float()
-    n, v, c = logits.shape
-    lse = torch.logsumexp(logits, dim=-1)
+    """Encode teacher logits as top-k values plus a tail summary.
+
+    logits float [N, C] -> {"values": float32 [N, k'], "index": int32 [N, k'],
+    "tail_lse": float32 [N], "tail_mean": float32 [N]}, with k' = min(k, C). ``values`` are sorted
+    largest first (``torch.topk``). When C <= k, ``values``/``index`` hold the whole row
+    (``index = arange(C)``), ``tail_lse = -inf`` and ``tail_mean = 0``. The classes are the last
+    dimension; any leading dimensions are carried through (e.g. [N, V, C] -> tail_lse [N, V]).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    logits = torch.as_tensor(logits).float()
+    c = logits.shape[-1]
+    lead = logits.shape[:-1]
     if c <= k:
-        values, index = logits, torch.arange(c).expand(n, v, c)
+        values = logits
+        index = torch.arange(c, device=logits.device).expand(*lead, c)
+        tail_lse = torch.full(lead, -math.inf, device=logits.device)
+        tail_mean = torch.zeros(lead, device=logits.device)
     else:
         values, index = torch.topk(logits, k, dim=-1)  # sorted, largest first
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, index, True)
+        tail = logits.masked_fill(keep, -math.inf)
+        tail_lse = torch.logsumexp(tail, dim=-1)
+        # Tail mean = (row sum - top-k sum) / n would cancel badly; sum the tail directly.
+        tail_mean = logits.masked_fill(keep, 0.0).sum(dim=-1) / (c - k)
     return {
-        "values": values.to(torch.float16).cpu().numpy(),
+        "values": values.float().cpu().numpy().astype(np.float32, copy=False),
         "index": index.to(torch.int32).cpu().numpy(),
-        "lse": lse.cpu().numpy().astype(np.float32),
+        "tail_lse": tail_lse.float().cpu().numpy().astype(np.float32, copy=False),
+        "tail_mean": tail_mean.float().cpu().numpy().astype(np.float32, copy=False),
     }
 
 
-def dense(values: torch.Tensor, index: torch.Tensor, lse: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Rebuild full logit rows: values/index [B, k], lse [B] -> float32 [B, num_classes]."""
-    values = values.float()
+def dense(
+    values: torch.Tensor,
+    index: torch.Tensor,
+    tail_lse: torch.Tensor,
+    tail_mean: torch.Tensor,
+    num_classes: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Rebuild full logit rows for ``softmax(z / temperature)``.
+
+    values/index [B, k], tail_lse/tail_mean [B] -> float32 [B, num_classes]. The kept logits are
+    scattered exactly; the num_classes - k others all get ``t_T = tail_mean + (tail_lse -
+    log(num_classes - k) - tail_mean) / temperature``, clamped to at most ``values.min()`` (see the
+    module docstring). The result is meant to be divided by the same ``temperature`` before the
+    softmax. When k >= num_classes the values are scattered exactly and there is no tail.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    values = torch.as_tensor(values).float()
+    index = torch.as_tensor(index, device=values.device).long()
     k = values.shape[-1]
+    lead = values.shape[:-1]
     if k >= num_classes:
-        return torch.empty(values.shape[0], num_classes, device=values.device).scatter_(-1, index.long(), values)
-    # Tail mass at T = 1; clamp so fp16 rounding of the top-k cannot make it <= 0.
-    top_mass = torch.logsumexp(values, dim=-1)
-    tail_mass = lse.float() + torch.log1p(-torch.exp(top_mass - lse.float()).clamp(max=1 - 1e-6))
-    tail = (tail_mass - np.log(num_classes - k)).unsqueeze(-1)  # [B, 1]
-    out = tail.expand(values.shape[0], num_classes).clone()
-    return out.scatter_(-1, index.long(), values)
+        out = torch.zeros(*lead, num_classes, device=values.device)
+        return out.scatter_(-1, index, values)
+    tail_lse = torch.as_tensor(tail_lse, device=values.device).float()
+    tail_mean = torch.as_tensor(tail_mean, device=values.device).float()
+    half_s2 = (tail_lse - math.log(num_classes - k) - tail_mean).clamp(min=0.0)
+    tail = tail_mean + half_s2 / temperature  # [B]
+    # The true t_T never exceeds the largest tail logit, hence never the smallest kept one. For
+    # T >= 1 the formula already respects that (t_T <= t_1 = log-mean-exp of the tail); for T < 1
+    # the Gaussian extrapolation can overshoot, even past the top-1, so clamp it.
+    tail = torch.minimum(tail, values.min(dim=-1).values)
+    out = tail.unsqueeze(-1).expand(*lead, num_classes).clone()
+    return out.scatter_(-1, index, values)

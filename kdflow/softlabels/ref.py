@@ -16,6 +16,7 @@ class SoftLabelRef:
     cache_hit: bool
     teacher_digest: str
     teacher_uri: str
+    views: int = 0  # augmented views cached for replay (0: the plain view only)
 
     def save(self, folder: str) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)

@@ -17,14 +17,11 @@ import torch
 from kdflow.config import Config
 from kdflow.data.preprocess import preprocess
 from kdflow.digest import digest_of
-from kdflow.distillers import build_distiller, get_distiller_class
-from kdflow.evaluation import accuracy
+from kdflow.training import augment
 from kdflow.models import Classifier, create_model
 from kdflow.models.loading import save_checkpoint
 from kdflow.storage import storage_for
-from kdflow.training.batches import ArrayBatches
-from kdflow.training.device import resolve_device
-from kdflow.training.trainer import fit, predict
+from kdflow.training.supervised import train_supervised, val_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +34,17 @@ def bootstrap_teacher(data_uri: str, cfg: Config, teachers_dir: str) -> tuple[st
     train_cfg = dataclasses.replace(cfg.train, epochs=cfg.teacher.bootstrap_epochs, warmup_epochs=0)
     with tempfile.TemporaryDirectory() as tmp:
         dataset = preprocess(data_uri, tmp, cfg.data)
-        name = digest_of({"dataset": dataset.fingerprint, "arch": arch, "train": dataclasses.asdict(train_cfg)})
+        name = digest_of({"dataset": dataset.fingerprint, "arch": arch, "train": dataclasses.asdict(train_cfg),
+                          "augment": augment.spec(cfg.augment)})
         path = Path(teachers_dir) / f"teacher-{arch}-{name[:16]}.pt"
         if path.is_file():
             log.info("bootstrap teacher: reusing %s", path)
             return str(path), {"reused": True, "arch": arch}
         log.info("bootstrap teacher: training %s for %d epochs (no teacher was given)", arch, train_cfg.epochs)
-        device = resolve_device(train_cfg.device)
         torch.manual_seed(train_cfg.seed)
         model = Classifier(create_model(arch, dataset.num_classes), dataset.mean, dataset.std)
-        train = ArrayBatches(dataset.load_split("train"), train_cfg.batch_size, device)
-        fit(build_distiller("ce", model, None, get_distiller_class("ce").Options()), train, train_cfg)
-        val_acc = None
-        if dataset.count("val"):
-            val = ArrayBatches(dataset.load_split("val"), cfg.teacher.batch_size, device)
-            val_acc = accuracy(predict(model, val).argmax(-1), val.labels.cpu())
+        train_supervised(model, dataset, train_cfg, cfg.augment)
+        val_acc = val_accuracy(model, dataset, cfg.teacher.batch_size, train_cfg.device)
     storage_for(str(path)).write_bytes(str(path), save_checkpoint(model.cpu(), arch, dataset.num_classes))
     log.info("bootstrap teacher: saved %s (val accuracy %s)", path, val_acc)
     return str(path), {"reused": False, "arch": arch, "val_accuracy": val_acc}

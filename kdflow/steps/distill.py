@@ -12,6 +12,7 @@ from kdflow.logs import setup_logging
 from kdflow.data.shards import DatasetManifest
 from kdflow.evaluation import accuracy
 from kdflow.distillers import build_distiller, get_distiller_class
+from kdflow.errors import CacheError
 from kdflow.models import Classifier, create_model
 from kdflow.models.loading import TeacherSource, save_checkpoint
 from kdflow.softlabels.cache import SoftLabelCache
@@ -57,23 +58,27 @@ def run_distillation(
     ref = SoftLabelRef.load(softlabels_dir)
     device = resolve_device(cfg.train.device)
     method = get_distiller_class(cfg.distill.method)
+    if cfg.replays_cache() and ref.views != cfg.cached_views():
+        raise CacheError(f"the soft labels hold {ref.views} augmented view(s) but this config replays "
+                         f"{cfg.cached_views()}", "run teacher inference and distillation with the same config")
 
     train_arrays = dataset.load_split("train")
     val_arrays = dataset.load_split("val") if dataset.count("val") else None
     cache = SoftLabelCache(ref.cache_uri)
-    cached = method.uses_teacher and not method.needs_teacher_online
-    soft_train = cache.load_split(ref.cache_key, "train", train_arrays.ids) if cached else None
+    # Offline methods replay the cached views (or the plain view when the run does not augment).
+    soft_train = (cache.load_split(ref.cache_key, "train", train_arrays.ids, augmented=ref.views > 0)
+                  if cfg.replays_cache() else None)
     # Validation agreement with the teacher is reported for every method, the baseline included.
     soft_val = cache.load_split(ref.cache_key, "val", val_arrays.ids) if val_arrays is not None else None
     teacher = None
-    if method.needs_teacher_online:
+    if method.uses_teacher and not cfg.replays_cache():  # the teacher runs online
         source = TeacherSource(ref.teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std)
         teacher = source.load(dataset.mean, dataset.std)
 
     torch.manual_seed(cfg.train.seed)  # the student's initial weights depend on the seed alone
     student = Classifier(create_model(cfg.student.arch, dataset.num_classes), dataset.mean, dataset.std)
     distiller = build_distiller(cfg.distill.method, student, teacher, cfg.distill.options)
-    train = ArrayBatches(train_arrays, cfg.train.batch_size, device, soft_train)
+    train = ArrayBatches(train_arrays, cfg.train.batch_size, device, soft_train, cfg.augment)
     val = ArrayBatches(val_arrays, cfg.teacher.batch_size, device) if val_arrays is not None else None
     teacher_val_top1 = soft_val.top1() if soft_val is not None else None
 
@@ -89,7 +94,10 @@ def run_distillation(
     with mlflow.start_run(experiment_id=exp, run_name=f"{cfg.distill.method}-{cfg.student.arch}") as run:
         tracking.log_config(cfg)
         tracking.set_tags({**_tags(dataset, ref, pipeline_run), Tag.METHOD: cfg.distill.method,
-                           Tag.STUDENT_ARCH: cfg.student.arch, Tag.DEVICE: str(device)})
+                           Tag.STUDENT_ARCH: cfg.student.arch, Tag.DEVICE: str(device),
+                           Tag.TEACHER_MODE: ("none" if not method.uses_teacher else
+                                             "offline" if cfg.replays_cache() else "online"),
+                           Tag.VIEWS: ref.views})
         final = fit(
             distiller, train, cfg.train,
             validate=validate if val is not None else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from kdflow.config import Config
@@ -11,9 +12,11 @@ from kdflow.logs import setup_logging
 from kdflow.data.shards import DatasetManifest
 from kdflow.errors import KdflowError
 from kdflow.models.loading import TeacherSource
-from kdflow.softlabels.cache import SoftLabelCache, cache_key
+from kdflow.softlabels import views
+from kdflow.softlabels.cache import EntrySpec, SoftLabelCache
 from kdflow.softlabels.codec import compress
 from kdflow.softlabels.ref import SoftLabelRef
+from kdflow.training import augment
 from kdflow.training.batches import to_float_images
 from kdflow.training.device import resolve_device
 
@@ -39,7 +42,11 @@ def check_teacher(teacher: torch.nn.Module, dataset: DatasetManifest, device: to
 def run_teacher_inference(
     dataset_dir: str, teacher_uri: str, config_yaml: str, cache_uri: str, out_dir: str
 ) -> SoftLabelRef:
-    """Fill (or find) the cache entry; write a ``SoftLabelRef`` to ``out_dir`` and return it."""
+    """Fill (or find) the cache entry; write a ``SoftLabelRef`` to ``out_dir`` and return it.
+
+    The entry holds the plain view of every split and, when the run distils offline with
+    augmentation, ``augment.views`` augmented views of the train split (see softlabels/views.py).
+    """
     setup_logging()
     cfg = Config.from_yaml(config_yaml)
     if not teacher_uri:
@@ -47,11 +54,12 @@ def run_teacher_inference(
     dataset = DatasetManifest.open(dataset_dir)
     source = TeacherSource(teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std)
     digest = source.digest()
-    key = cache_key(digest, dataset, cfg.teacher.top_k)
+    spec = EntrySpec(digest, dataset, cfg.teacher.top_k, tuple(views.plan(cfg.augment, cfg.cached_views())))
     cache = SoftLabelCache(cache_uri)
-    if cache.lookup(key) is not None:
-        log.info("soft-label cache hit %s: the teacher is not run", key[:12])
-        ref = SoftLabelRef(cache_uri, key, True, digest, teacher_uri)
+    n_views = len(spec.views) - 1
+    if cache.lookup(spec.key) is not None:
+        log.info("soft-label cache hit %s: the teacher is not run", spec.key[:12])
+        ref = SoftLabelRef(cache_uri, spec.key, True, digest, teacher_uri, n_views)
         ref.save(out_dir)
         return ref
 
@@ -61,17 +69,21 @@ def run_teacher_inference(
     k = cfg.teacher.top_k
 
     @torch.no_grad()
-    def infer(images_u8):
+    def infer(images_u8: np.ndarray, params: np.ndarray | None) -> dict[str, np.ndarray]:
+        # fp32, no autocast: these labels are reused by every later run; bf16 logits would be the
+        # precision floor of all of them.
         logits = []
         for start in range(0, len(images_u8), cfg.teacher.batch_size):
             x = to_float_images(torch.from_numpy(images_u8[start : start + cfg.teacher.batch_size]).to(device))
+            if params is not None:
+                x = augment.apply_views(x, torch.from_numpy(params[start : start + len(x)]))
             logits.append(teacher(x).float())
         stacked = torch.cat(logits) if logits else torch.zeros(0, dataset.num_classes, device=device)
-        return compress(stacked.unsqueeze(1), k)  # one cached view: [n, 1, C]
+        return compress(stacked, k)
 
-    cache.write(key, dataset, k, infer, extra={"teacher_digest": digest, "teacher_uri": teacher_uri})
-    log.info("soft-label cache miss %s: teacher ran over %d samples", key[:12],
-             sum(dataset.count(s) for s in dataset.data["splits"]))
-    ref = SoftLabelRef(cache_uri, key, False, digest, teacher_uri)
+    _, stats = cache.write(spec, infer, extra={"teacher_digest": digest, "teacher_uri": teacher_uri})
+    log.info("soft-label cache miss %s: the teacher labelled %d view(s), %d reused from earlier entries",
+             spec.key[:12], stats["views_computed"], stats["views_reused"])
+    ref = SoftLabelRef(cache_uri, spec.key, False, digest, teacher_uri, n_views)
     ref.save(out_dir)
     return ref

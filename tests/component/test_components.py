@@ -59,7 +59,8 @@ def test_teacher_inference_component_misses_then_hits(runner, tiny_data, tiny_te
     out = _teacher_twice(data_uri=str(tiny_data), teacher_uri=tiny_teacher, config=tiny_config_yaml,
                          cache_uri=str(cache))
     assert out.outputs["first"] is False and out.outputs["second"] is True
-    assert len(list(cache.rglob("manifest.json"))) == 1
+    assert len(list(cache.rglob("entries/*.json"))) == 1
+    assert len(list(cache.rglob("views/*/manifest.json"))) == 3  # the plain view and 2 augmented ones
 
 
 @dsl.pipeline(name="distill-evaluate")

@@ -25,8 +25,12 @@ def _executor(spec, name):
 
 def test_five_steps_in_order(spec):
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"preprocess", "teacher-inference", "distill", "evaluate", "condition-1"}
-    assert tasks["teacher-inference"]["dependentTasks"] == ["preprocess"]
+    assert set(tasks) == {"preprocess", "adapt-teacher", "teacher-inference", "distill", "evaluate", "condition-1"}
+    assert tasks["adapt-teacher"]["dependentTasks"] == ["preprocess"]
+    # Teacher inference labels with whatever teacher adaptation hands on (the given one when off).
+    assert set(tasks["teacher-inference"]["dependentTasks"]) == {"adapt-teacher", "preprocess"}
+    teacher_in = tasks["teacher-inference"]["inputs"]["parameters"]["teacher_uri"]
+    assert teacher_in["taskOutputParameter"] == {"outputParameterKey": "Output", "producerTask": "adapt-teacher"}
     assert set(tasks["distill"]["dependentTasks"]) == {"preprocess", "teacher-inference"}
     assert set(tasks["evaluate"]["dependentTasks"]) == {"distill", "preprocess", "teacher-inference"}
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
@@ -39,7 +43,7 @@ def test_registration_is_gated_on_evaluation(spec):
 
 
 def test_gpu_steps_request_an_nvidia_gpu_and_others_do_not(spec):
-    for name in ("teacher-inference", "distill"):
+    for name in ("adapt-teacher", "teacher-inference", "distill"):
         acc = _executor(spec, name)["resources"]["accelerator"]
         assert acc["resourceType"] == "nvidia.com/gpu" and acc["resourceCount"] == "1"
     for name in ("preprocess", "evaluate", "register"):

@@ -102,3 +102,38 @@ def test_state_dict_digest_covers_every_tensor_including_scalars():
     with torch.no_grad():
         same.linear.bias[0] += 1.0
     assert state_dict_digest(net) != state_dict_digest(same)
+
+
+def test_settings_a_teacher_does_not_use_leave_its_digest_alone(tmp_path):
+    """Naming teacher.arch (or a normalisation) for a kdflow checkpoint, which records both, must
+    not change the soft-label key: it would relabel a whole dataset for identical outputs."""
+    model = Classifier(create_model("convnet_xs", 3), (0.1, 0.2, 0.3), (0.9, 0.8, 0.7))
+    path = tmp_path / "k.pt"
+    path.write_bytes(save_checkpoint(model, "convnet_xs", 3))
+    plain = TeacherSource(str(path)).digest()
+    assert TeacherSource(str(path), arch="convnet_xs").digest() == plain
+    assert TeacherSource(str(path), "convnet_xs", (0.5,) * 3, (0.2,) * 3).digest() == plain
+    # A bare state_dict depends on both: the architecture builds it, the normalisation feeds it.
+    bare = _write(tmp_path / "sd.pt", model.net.state_dict())
+    assert TeacherSource(bare, "convnet_xs").digest() != TeacherSource(bare, "convnet_s").digest()
+    assert TeacherSource(bare, "convnet_xs").digest() != TeacherSource(bare, "convnet_xs", (0.5,) * 3,
+                                                                       (0.2,) * 3).digest()
+
+
+def test_an_exported_teacher_ignores_train_and_eval(tmp_path):
+    """A torch.export program's module refuses train()/eval(); the frozen wrapper never calls them."""
+    from kdflow.distillers import build_distiller, get_distiller_class
+    from kdflow.models.loading import Frozen
+
+    net = create_model("convnet_xs", 3).eval()
+    exported = torch.export.export(net, (torch.rand(2, 3, 8, 8),)).module()
+    with pytest.raises(Exception):
+        exported.eval()
+    teacher = Frozen(exported)
+    student = Classifier(create_model("convnet_xs", 3), (0.5,) * 3, (0.25,) * 3)
+    distiller = build_distiller("kd", student, teacher, get_distiller_class("kd").Options())
+    distiller.train()
+    distiller.eval()
+    assert not teacher.training and student.training is False
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.allclose(distiller.teacher_logits({"image": x}), net(x), atol=1e-5)

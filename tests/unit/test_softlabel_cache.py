@@ -9,7 +9,8 @@ import torch
 from kdflow.config import DataConfig
 from kdflow.data.preprocess import preprocess
 from kdflow.errors import CacheError
-from kdflow.softlabels.cache import SoftLabelCache, cache_key
+from kdflow.softlabels.cache import EntrySpec, SoftLabelCache, cache_key
+from kdflow.softlabels.views import IDENTITY
 from kdflow.softlabels.codec import compress
 from kdflow.storage import join
 from tests.helpers import make_image_folder
@@ -29,12 +30,16 @@ class CountingTeacher:
         self.calls = 0
         self.fail_on_call = fail_on_call
 
-    def __call__(self, images_u8):
+    def __call__(self, images_u8, params):
         self.calls += 1
         if self.calls == self.fail_on_call:
             raise RuntimeError("preempted")
         x = torch.from_numpy(images_u8).float().mean(dim=(1, 2))  # [n, 3]
-        return compress(x.unsqueeze(1), k=10)
+        return compress(x, k=10)
+
+
+def _plain_view_uri(cache, dataset):
+    return cache.view_uri(EntrySpec("t", dataset, 10).view_key(IDENTITY))
 
 
 def test_key_is_stable_and_changes_with_each_ingredient(dataset, tmp_path):
@@ -56,7 +61,7 @@ def test_write_then_hit(dataset, tmp_path):
     key = cache_key("t", dataset, 10)
     assert cache.lookup(key) is None
     teacher = CountingTeacher()
-    cache.write(key, dataset, 10, teacher, extra={})
+    cache.write(EntrySpec("t", dataset, 10), teacher, extra={})
     assert teacher.calls == sum(len(i["shards"]) for i in dataset.data["splits"].values())
     assert cache.lookup(key)["key"] == key
     train = dataset.load_split("train")
@@ -70,14 +75,14 @@ def test_interrupted_write_is_not_complete_and_resumes(dataset, tmp_path):
     cache = SoftLabelCache(str(tmp_path / "cache"))
     key = cache_key("t", dataset, 10)
     with pytest.raises(RuntimeError, match="preempted"):
-        cache.write(key, dataset, 10, CountingTeacher(fail_on_call=3), extra={})
-    written = cache.store.list(cache.entry_uri(key))
+        cache.write(EntrySpec("t", dataset, 10), CountingTeacher(fail_on_call=3), extra={})
+    written = cache.store.list(_plain_view_uri(cache, dataset))
     assert len(written) == 2 and not any(u.endswith("manifest.json") for u in written)
     assert cache.lookup(key) is None  # shards without a manifest are never read as complete
     with pytest.raises(CacheError, match="not complete"):
         cache.load_split(key, "train", dataset.load_split("train").ids)
     resumed = CountingTeacher()
-    cache.write(key, dataset, 10, resumed, extra={})
+    cache.write(EntrySpec("t", dataset, 10), resumed, extra={})
     total = sum(len(i["shards"]) for i in dataset.data["splits"].values())
     assert resumed.calls == total - 2  # the two finished shards were kept
     assert cache.lookup(key) is not None
@@ -86,10 +91,10 @@ def test_interrupted_write_is_not_complete_and_resumes(dataset, tmp_path):
 def test_damaged_entries_are_misses_or_errors(dataset, tmp_path):
     cache = SoftLabelCache(str(tmp_path / "cache"))
     key = cache_key("t", dataset, 10)
-    cache.write(key, dataset, 10, CountingTeacher(), extra={})
-    manifest_uri = join(cache.entry_uri(key), "manifest.json")
+    cache.write(EntrySpec("t", dataset, 10), CountingTeacher(), extra={})
+    manifest_uri = join(_plain_view_uri(cache, dataset), "manifest.json")
     manifest = json.loads(cache.store.read_bytes(manifest_uri))
-    first = join(cache.entry_uri(key), manifest["splits"]["train"]["shards"][0]["file"])
+    first = join(_plain_view_uri(cache, dataset), manifest["splits"]["train"]["shards"][0]["file"])
     raw = bytearray(cache.store.read_bytes(first))
 
     raw[-40] ^= 0xFF  # same size, different bytes: a hit on lookup, refused on read
@@ -110,7 +115,7 @@ def test_damaged_entries_are_misses_or_errors(dataset, tmp_path):
 def test_soft_labels_must_align_with_dataset_rows(dataset, tmp_path):
     cache = SoftLabelCache(str(tmp_path / "cache"))
     key = cache_key("t", dataset, 10)
-    cache.write(key, dataset, 10, CountingTeacher(), extra={})
+    cache.write(EntrySpec("t", dataset, 10), CountingTeacher(), extra={})
     ids = dataset.load_split("train").ids
     with pytest.raises(CacheError, match="not aligned"):
         cache.load_split(key, "train", np.roll(ids, 1))
@@ -119,6 +124,6 @@ def test_soft_labels_must_align_with_dataset_rows(dataset, tmp_path):
 def test_cache_on_s3(dataset, s3_bucket):
     cache = SoftLabelCache(f"s3://{s3_bucket}/kd")
     key = cache_key("t", dataset, 10)
-    cache.write(key, dataset, 10, CountingTeacher(), extra={"teacher_uri": "x"})
+    cache.write(EntrySpec("t", dataset, 10), CountingTeacher(), extra={"teacher_uri": "x"})
     assert cache.lookup(key)["teacher_uri"] == "x"
     assert cache.load_split(key, "test", dataset.load_split("test").ids).values.shape[0] == dataset.count("test")

@@ -1,0 +1,1 @@
+"""Benchmarks: measured end to end through the same library steps the pipeline runs."""

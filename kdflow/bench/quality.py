@@ -1,0 +1,215 @@
+"""The quality benchmark: does distillation buy accuracy, and what does the offline cache cost?
+
+CIFAR-10 (the shared JPEG folders), ResNet-56 teacher adapted from the shared checkpoint, ResNet-20
+student from scratch, one schedule for every row:
+
+    ce          cross-entropy with augmentation (crop + flip): the baseline every row is held to
+    kd-plain    KD from the cached plain view, no augmentation (kdflow before multi-view replay)
+    kd-views    KD offline, V augmented views labelled once and replayed
+    kd-online   KD with the teacher in the loop on the same augmented batches
+
+Each row runs once per seed through the library steps (adapt, teacher inference, distillation,
+evaluation), so it measures what the pipeline does. Teacher labelling is timed apart from training:
+the cache is filled once and reused by every later seed, run and student.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import statistics
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from kdflow.config import Config
+from kdflow.data.preprocess import preprocess
+
+ROWS = ("ce", "kd-plain", "kd-views", "kd-online")
+
+
+@dataclass(frozen=True)
+class Profile:
+    train_per_class: int | None  # None: the whole train split (5,000 per class)
+    test_per_class: int | None  # None: the whole test split (1,000 per class)
+    epochs: int
+    adapt_epochs: int
+    views: int
+    seeds: tuple[int, ...] = (0, 1, 2)
+    batch_size: int = 128
+    lr: float = 0.1
+
+
+PROFILES = {
+    # What the issue asks for: the full data, 30 epochs, for a GPU.
+    "gpu": Profile(train_per_class=None, test_per_class=None, epochs=30, adapt_epochs=5, views=16),
+    # A stated subset and schedule that finishes in about half an hour on 2 CPU cores.
+    "cpu-reduced": Profile(train_per_class=300, test_per_class=100, epochs=18, adapt_epochs=3, views=8,
+                           batch_size=64, lr=0.05),
+    # Seconds, not quality: checks the benchmark's plumbing (the tests run it on generated data).
+    "smoke": Profile(train_per_class=12, test_per_class=6, epochs=1, adapt_epochs=1, views=2, seeds=(0,),
+                     batch_size=8, lr=0.05),
+}
+
+
+def row_config(row: str, profile: Profile, seed: int, teacher_arch: str = "resnet56") -> dict:
+    augment = {"crop": "pad", "padding": 4, "flip": True, "views": profile.views, "seed": 0}
+    distill: dict = {"method": "kd", "options": {"temperature": 4.0, "alpha": 0.9}}
+    if row == "ce":
+        distill = {"method": "ce"}
+    elif row == "kd-plain":
+        augment = {"crop": "none", "flip": False, "views": 0}
+    elif row == "kd-online":
+        distill["teacher"] = "online"
+    return {
+        "data": {"image_size": 32, "val_fraction": 0.05, "seed": 0},
+        "teacher": {"arch": teacher_arch, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                    "top_k": 10, "batch_size": 500, "adapt_epochs": profile.adapt_epochs, "adapt_lr": 0.01},
+        "augment": augment,
+        "student": {"arch": "resnet20"},
+        "train": {"epochs": profile.epochs, "batch_size": profile.batch_size, "lr": profile.lr,
+                  "weight_decay": 5e-4, "warmup_epochs": min(1, profile.epochs - 1), "seed": seed},
+        "distill": distill,
+        "gate": {"min_accuracy": 0.0, "max_drop": 1.0},
+        "registry": {"model_name": "bench-student", "experiment": "kdflow-bench-quality"},
+    }
+
+
+def image_folder(source: Path, workdir: Path, profile: Profile) -> Path:
+    """The CIFAR-10 folder (a tarball is unpacked once), cut to the profile's subset by file name."""
+    if source.is_file():
+        unpacked = workdir / "cifar10-jpg"
+        if not (unpacked / "train").is_dir():
+            with tarfile.open(source) as tar:
+                tar.extractall(unpacked, filter="data")
+        source = unpacked
+    if profile.train_per_class is None and profile.test_per_class is None:
+        return source
+    subset = workdir / f"cifar10-{profile.train_per_class}-{profile.test_per_class}"
+    if not subset.is_dir():
+        tmp = subset.with_suffix(".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for split, n in (("train", profile.train_per_class), ("test", profile.test_per_class)):
+            for class_dir in sorted((source / split).iterdir()):
+                (tmp / split / class_dir.name).mkdir(parents=True)
+                for f in sorted(class_dir.iterdir())[:n]:
+                    os.link(f, tmp / split / class_dir.name / f.name)
+        tmp.rename(subset)
+    return subset
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def run(data: Path, teacher: Path, workdir: Path, profile_name: str, rows: tuple[str, ...] = ROWS,
+        seeds: tuple[int, ...] | None = None, teacher_arch: str = "resnet56") -> dict:
+    """Run every row for every seed; returns the raw results (also written to workdir/results.json)."""
+    from kdflow.steps.adapt import run_adaptation
+    from kdflow.steps.distill import run_distillation
+    from kdflow.steps.evaluate import run_evaluation
+    from kdflow.steps.teacher import run_teacher_inference
+
+    profile = dataclasses.replace(PROFILES[profile_name], **({"seeds": seeds} if seeds else {}))
+    workdir.mkdir(parents=True, exist_ok=True)
+    folder = image_folder(data, workdir, profile)
+    cache, tracking = str(workdir / "cache"), f"sqlite:///{workdir / 'mlflow.db'}"
+    base = Config.from_dict(row_config("kd-views", profile, profile.seeds[0], teacher_arch))
+    dataset_dir = workdir / "dataset"
+    shutil.rmtree(dataset_dir, ignore_errors=True)
+    dataset, t_prep = _timed(preprocess, str(folder), str(dataset_dir), base.data)
+    adapted, t_adapt = _timed(run_adaptation, str(dataset_dir), str(teacher), base.to_yaml(), cache)
+    results: dict = {"profile": dataclasses.asdict(profile), "rows": {}, "counts": {
+        s: dataset.count(s) for s in dataset.data["splits"]}, "preprocess_s": t_prep, "adapt_s": t_adapt,
+        "adaptation": adapted, "device": _device_card(), "torch": torch.__version__,
+        "teacher_arch": teacher_arch, "teacher_file": teacher.name}
+    # Create the MLflow store and experiment now, so the first row's time does not include it.
+    from kdflow import tracking as mlflow_tracking
+
+    mlflow_tracking.experiment_id(base.registry.experiment, mlflow_tracking.use_tracking(tracking))
+    for row in rows:
+        runs = []
+        for seed in profile.seeds:
+            cfg = Config.from_dict(row_config(row, profile, seed, teacher_arch)).to_yaml()
+            out = workdir / "runs" / row / str(seed)
+            shutil.rmtree(out, ignore_errors=True)
+            ref, t_label = _timed(run_teacher_inference, str(dataset_dir), adapted["teacher_uri"], cfg, cache,
+                                  str(out / "ref"))
+            trained, t_train = _timed(run_distillation, str(dataset_dir), str(out / "ref"), cfg, str(out / "model"),
+                                      tracking)
+            report = run_evaluation(str(dataset_dir), str(out / "ref"), str(out / "model"), cfg, tracking,
+                                    trained["run_id"])
+            runs.append({"seed": seed, "test_top1": report["student_accuracy"], "agreement": report["agreement"],
+                         "teacher_top1": report["teacher_accuracy"], "train_s": t_train, "label_s": t_label,
+                         "cache_hit": ref.cache_hit, "views": ref.views})
+            print(f"{row:10s} seed {seed}: top-1 {100 * report['student_accuracy']:.2f}%  agreement "
+                  f"{100 * report['agreement']:.2f}%  train {t_train:.0f}s  labelling {t_label:.0f}s"
+                  f"{' (cache hit)' if ref.cache_hit else ''}", flush=True)
+        results["rows"][row] = runs
+        (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _device_card() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+        else platform.processor()
+    return f"CPU: {model}, {torch.get_num_threads()} threads"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def table(results: dict) -> list[str]:
+    """A Markdown table: each row against ce, and wall times against kd-online."""
+    rows = results["rows"]
+    ce = _mean_std([r["test_top1"] for r in rows["ce"]])[0] if "ce" in rows else None
+    online_train = statistics.mean(r["train_s"] for r in rows["kd-online"]) if "kd-online" in rows else None
+    lines = ["| row | test top-1 (mean ± std) | vs ce | agreement with teacher | train wall (mean) | "
+             "teacher labelling, once | train time vs kd-online |",
+             "|---|---|---|---|---|---|---|"]
+    for name, runs in rows.items():
+        mean, std = _mean_std([r["test_top1"] for r in runs])
+        agree = statistics.mean(r["agreement"] for r in runs)
+        train_s = statistics.mean(r["train_s"] for r in runs)
+        label_s = max(r["label_s"] for r in runs)  # the miss; later seeds hit the cache
+        delta = f"{100 * (mean - ce):+.2f}" if ce is not None else "n/a"
+        ratio = f"{train_s / online_train:.2f}" if online_train else "n/a"
+        lines.append(f"| {name} | {100 * mean:.2f} ± {100 * std:.2f} | {delta} | {100 * agree:.2f} | "
+                     f"{train_s:.0f} s | {label_s:.0f} s | {ratio} |")
+    return lines
+
+
+def report(results: dict, command: str) -> str:
+    p, counts = results["profile"], results["counts"]
+    teacher = statistics.mean(r["teacher_top1"] for runs in results["rows"].values() for r in runs)
+    adapt = results["adaptation"]
+    return "\n".join([
+        f"Device: {results['device']}; torch {results['torch']}.",
+        f"Command: `{command}`",
+        f"Data: CIFAR-10 JPEG folders, {counts.get('train', 0)} train / {counts.get('val', 0)} val / "
+        f"{counts.get('test', 0)} test images ({p['train_per_class'] or 'all'} train and "
+        f"{p['test_per_class'] or 'all'} test per class). Schedule: {p['epochs']} epochs, batch {p['batch_size']}, "
+        f"SGD lr {p['lr']} cosine, seeds {list(p['seeds'])}; V = {p['views']} cached views; KD T = 4, alpha = 0.9.",
+        f"Teacher: {results['teacher_arch']} from {results['teacher_file']}, adapted for {p['adapt_epochs']} epochs "
+        f"(val top-1 {_pct(adapt.get('val_accuracy_before'))} before, {_pct(adapt.get('val_accuracy_after'))} after; "
+        f"{results['adapt_s']:.0f} s); test top-1 {100 * teacher:.2f}%.",
+        "",
+        *table(results),
+    ])
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"

@@ -1,0 +1,70 @@
+"""Online distillation (``distill.teacher: online``) with each kind of teacher kdflow accepts.
+
+The teacher runs in the training loop on the same augmented batch as the student. An MLflow
+``models:/`` teacher is a torch.export program whose module refuses train()/eval(); it must work too.
+Tracking goes to a SQLite MLflow store (the registry included), no server needed.
+"""
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from kdflow.config import Config
+from kdflow.data.preprocess import preprocess
+from kdflow.models.loading import Frozen, load_checkpoint
+from kdflow.steps.distill import run_distillation
+from kdflow.steps.teacher import run_teacher_inference
+
+pytestmark = pytest.mark.e2e
+
+ONLINE = "\ndistill: {method: kd, teacher: online, options: {temperature: 4.0, alpha: 0.9}}\n"
+
+
+def _teacher(kind: str, tiny_teacher: str, tmp_path, tracking_uri: str) -> tuple[str, str]:
+    """(teacher URI, config lines) for ``kind``, all made from the same trained tiny teacher."""
+    model, arch = load_checkpoint(open(tiny_teacher, "rb").read())
+    model.eval()
+    if kind == "torchscript":
+        path = tmp_path / "teacher.ts"
+        torch.jit.save(torch.jit.trace(model.net, torch.rand(1, 3, 12, 12)), str(path))
+        mean, std = model.mean.flatten().tolist(), model.std.flatten().tolist()
+        return str(path), f"teacher: {{mean: {mean}, std: {std}}}"
+    if kind == "state_dict":
+        path = tmp_path / "teacher.th"
+        torch.save({"state_dict": {f"module.{k}": v for k, v in model.net.state_dict().items()}}, str(path))
+        mean, std = model.mean.flatten().tolist(), model.std.flatten().tolist()
+        return str(path), f"teacher: {{arch: {arch}, mean: {mean}, std: {std}}}"
+    from kdflow import tracking
+
+    tracking.use_tracking(tracking_uri)
+    with mlflow.start_run(experiment_id=tracking.experiment_id("teachers", tracking_uri)):
+        model_uri = tracking.log_model(model, torch.rand(2, 3, 12, 12))
+    version = mlflow.register_model(model_uri, "tiny-teacher")
+    return f"models:/tiny-teacher/{version.version}", "teacher: {}"
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "state_dict", "mlflow"])
+def test_online_kd_with_every_teacher_kind(kind, tmp_path, tiny_data, tiny_teacher, tiny_config_yaml, monkeypatch):
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)  # where a models:/ teacher is looked up
+    teacher_uri, teacher_lines = _teacher(kind, tiny_teacher, tmp_path, tracking_uri)
+    base = yaml.safe_load(tiny_config_yaml)
+    text = yaml.safe_dump({**base, **yaml.safe_load(teacher_lines), **yaml.safe_load(ONLINE),
+                           "train": {**base["train"], "epochs": 6}})
+    cfg = Config.from_yaml(text)
+    assert cfg.cached_views() == 0 and not cfg.replays_cache()
+    preprocess(str(tiny_data), str(tmp_path / "ds"), cfg.data)
+    ref = run_teacher_inference(str(tmp_path / "ds"), teacher_uri, text, str(tmp_path / "cache"), str(tmp_path / "ref"))
+    assert ref.views == 0  # online: only the plain view is cached (for validation and evaluation)
+
+    calls = []
+    real_forward = Frozen.forward
+    monkeypatch.setattr(Frozen, "forward", lambda self, x: calls.append(len(x)) or real_forward(self, x))
+    result = run_distillation(str(tmp_path / "ds"), str(tmp_path / "ref"), text, str(tmp_path / "out"), tracking_uri)
+
+    steps = 6 * (36 // cfg.train.batch_size)  # tiny_data has 36 training images
+    assert len(calls) == steps and set(calls) == {cfg.train.batch_size}  # one teacher pass per batch
+    run = mlflow.get_run(result["run_id"])
+    assert run.data.tags["kdflow.teacher_mode"] == "online"
+    assert 0 < run.data.metrics["train_kd"] < 10 and run.data.metrics["val_agreement"] > 0.5

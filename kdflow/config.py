@@ -85,8 +85,13 @@ class AugmentConfig:
     turn it on (``flip: true``) for photos of objects and scenes such as CIFAR-10 or ImageNet.
 
     Offline distillation replays the cached views: each epoch the student sees, per sample, one of
-    the ``views`` pictures the teacher labelled, pixel for pixel. Nothing else is applied on top, so
-    there is no augmentation that the cache does not describe (no colour jitter, no mixing).
+    the ``views`` pictures the teacher labelled, pixel for pixel, drawn uniformly by (seed, epoch);
+    with more epochs than views, views repeat. What is not replayed: nothing is applied on top of a
+    view (no colour jitter, no mixup or cutmix), because the cached labels would then describe
+    another picture; such augmentation needs ``distill.teacher: online``. Validation and evaluation
+    always show the plain picture. Views are re-rendered from their stored boxes, so identity is bit
+    for bit when the teacher and the student run on the same kind of device (the pipeline runs both
+    on GPU nodes); a resized crop rendered on a CPU and on a GPU can differ in the last bit of a pixel.
     """
 
     crop: Literal["none", "pad", "resized"] = "pad"  # pad: zero-pad and crop back; resized: random-resized-crop

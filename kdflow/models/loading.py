@@ -95,7 +95,8 @@ class Frozen(nn.Module):
 
 @dataclass
 class TeacherSource:
-    """A teacher reference. ``digest`` is cheap; ``load`` builds the module (only on a cache miss)."""
+    """A teacher reference. ``digest`` reads the teacher without running it; ``load`` builds the module
+    (only on a cache miss, or for online distillation)."""
 
     uri: str
     arch: str | None = None
@@ -203,13 +204,12 @@ class TeacherSource:
         return Classifier(net, self.mean or default_mean, self.std or default_std), str(self.arch)
 
     def _load_file(self) -> nn.Module:
-        data = self._data()
-        if _is_torchscript(data):
-            return torch.jit.load(io.BytesIO(data), map_location="cpu")
+        kind = self.kind()
+        if kind == "torchscript":
+            return torch.jit.load(io.BytesIO(self._data()), map_location="cpu")
+        if kind == "kdflow":
+            return load_checkpoint(self._data())[0]
         ckpt = self._checkpoint()
-        if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
-            model, _ = load_checkpoint(data)
-            return model
         state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise KdflowError(f"teacher {self.uri} holds no state_dict",

@@ -72,10 +72,6 @@ class EntrySpec:
         return digest_of({**self._base(), "view": view.spec})
 
 
-def cache_key(teacher_digest: str, dataset: DatasetManifest, top_k: int, views: tuple[View, ...] = (IDENTITY,)) -> str:
-    return EntrySpec(teacher_digest, dataset, top_k, tuple(views)).key
-
-
 @dataclass(frozen=True)
 class SoftRows:
     """A batch's compact teacher labels: values/index [B, k], tail_lse/tail_mean [B]."""

@@ -4,9 +4,10 @@ A pretrained teacher meets data that differ from what it was trained on (other c
 cameras): the shared CIFAR-10 ResNet-56 loses 10 points on the JPEG copy. Fine-tuning it on the
 train split (cross-entropy, the run's augmentation) first gives the student a better teacher.
 
-The adapted teacher is a kdflow checkpoint stored beside the soft-label cache under a key of what
-made it (the teacher's digest, the dataset fingerprint, the fine-tuning settings), so a later run
-reuses it instead of training again, and its own content digest keys the soft labels it writes.
+The adapted teacher is a kdflow checkpoint stored beside the soft-label cache, named by a digest of
+what made it (the given teacher's digest, the dataset fingerprint, the fine-tuning recipe and the
+augmentation), so a later run reuses it instead of training again; its own content digest then
+keys the soft labels it writes.
 """
 
 from __future__ import annotations
@@ -16,16 +17,26 @@ import logging
 
 import torch
 
-from kdflow.config import Config
+from kdflow.config import Config, TrainConfig
+from kdflow.errors import KdflowError
 from kdflow.data.shards import DatasetManifest
 from kdflow.digest import digest_of
 from kdflow.logs import setup_logging
 from kdflow.models.loading import TeacherSource, save_checkpoint
+from kdflow.steps.teacher import check_teacher
 from kdflow.storage import join, storage_for
 from kdflow.training import augment
 from kdflow.training.supervised import train_supervised, val_accuracy
 
 log = logging.getLogger(__name__)
+
+
+def recipe(cfg: Config) -> TrainConfig:
+    """The fine-tuning schedule: ``teacher.adapt_*`` on a fixed recipe (SGD + Nesterov momentum,
+    batch 128, seed 0), deliberately not the student's ``train`` settings, so that students trained
+    with other seeds, batch sizes or optimisers share one adapted teacher and one soft-label cache."""
+    return TrainConfig(epochs=cfg.teacher.adapt_epochs, lr=cfg.teacher.adapt_lr, batch_size=128, optimizer="sgd",
+                       momentum=0.9, weight_decay=5e-4, warmup_epochs=0, seed=0, device=cfg.train.device)
 
 
 def run_adaptation(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_uri: str) -> dict:
@@ -34,12 +45,14 @@ def run_adaptation(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_u
     cfg = Config.from_yaml(config_yaml)
     if cfg.teacher.adapt_epochs == 0:
         return {"teacher_uri": teacher_uri, "adapted": False, "reused": False}
+    if not teacher_uri:
+        raise KdflowError("no teacher given to adapt", "pass a teacher (a state_dict or kdflow checkpoint)")
     dataset = DatasetManifest.open(dataset_dir)
     source = TeacherSource(teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std)
-    train_cfg = dataclasses.replace(cfg.train, epochs=cfg.teacher.adapt_epochs, lr=cfg.teacher.adapt_lr,
-                                    warmup_epochs=0)
-    name = digest_of({"teacher": source.digest(), "dataset": dataset.fingerprint,
-                      "train": dataclasses.asdict(train_cfg), "augment": augment.spec(cfg.augment)})
+    train_cfg = recipe(cfg)
+    settings = {k: v for k, v in dataclasses.asdict(train_cfg).items() if k != "device"}
+    name = digest_of({"teacher": source.digest(), "dataset": dataset.fingerprint, "recipe": settings,
+                      "augment": augment.spec(cfg.augment)})
     uri = join(cache_uri, "teachers", f"adapted-{name}.pt")
     store = storage_for(uri)
     if store.exists(uri):
@@ -47,6 +60,7 @@ def run_adaptation(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_u
         return {"teacher_uri": uri, "adapted": True, "reused": True}
 
     model, arch = source.load_trainable(dataset.mean, dataset.std)
+    check_teacher(model.eval(), dataset, torch.device("cpu"))
     before = val_accuracy(model, dataset, cfg.teacher.batch_size, cfg.train.device)
     log.info("teacher adaptation: fine-tuning %s for %d epochs at lr %g (val accuracy before: %s)",
              arch, train_cfg.epochs, train_cfg.lr, before)

@@ -44,6 +44,9 @@ class ArrayBatches:
         self.augmentation = augmentation if augmentation is not None and augmentation.active else None
         self.batch_size = batch_size
         self.device = device
+        if self.soft is not None and self.soft.params is None and self.augmentation is not None:
+            raise ValueError("teacher labels of the plain pictures cannot be paired with augmented ones: "
+                             "cache augmented views (augment.views) or run the teacher online")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -90,6 +93,8 @@ class ArrayBatches:
                                         augment.generator(seed, "fresh", epoch, step))
                 image = augment.apply_views(image, params)
             batch["image"] = image
-            if self.soft is not None:
+            # Labels go only with the pictures they describe: an in-order pass shows plain pictures,
+            # which replayed (augmented) labels do not describe.
+            if self.soft is not None and (views is not None or not self.replays_views):
                 batch["teacher_soft"] = self.soft.rows(rows, batch.get("views"))
             yield batch

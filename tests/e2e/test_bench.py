@@ -28,3 +28,5 @@ def test_smoke_profile_runs_every_row_and_reports_against_ce(tmp_path):
     assert len(lines) == 1 + len(quality.ROWS)  # the header, then one line per row
     assert lines[1].startswith("| ce |") and "| +0.00 |" in lines[1]
     assert lines[4].startswith("| kd-online |") and lines[4].endswith("| 1.00 |")
+    assert "kd-views vs kd-online: top-1" in text
+    assert results["labelling"]["kd-views"]["views"] == 2 and results["labelling"]["ce"]["views"] == 0

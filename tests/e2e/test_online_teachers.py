@@ -12,6 +12,7 @@ import yaml
 
 from kdflow.config import Config
 from kdflow.data.preprocess import preprocess
+from kdflow.data.shards import DatasetManifest
 from kdflow.models.loading import Frozen, load_checkpoint
 from kdflow.steps.distill import run_distillation
 from kdflow.steps.teacher import run_teacher_inference
@@ -58,13 +59,23 @@ def test_online_kd_with_every_teacher_kind(kind, tmp_path, tiny_data, tiny_teach
     ref = run_teacher_inference(str(tmp_path / "ds"), teacher_uri, text, str(tmp_path / "cache"), str(tmp_path / "ref"))
     assert ref.views == 0  # online: only the plain view is cached (for validation and evaluation)
 
-    calls = []
+    calls, shown = [], []
     real_forward = Frozen.forward
-    monkeypatch.setattr(Frozen, "forward", lambda self, x: calls.append(len(x)) or real_forward(self, x))
+
+    def recording_forward(self, x):
+        calls.append(len(x))
+        shown.extend(x.clone())
+        return real_forward(self, x)
+
+    monkeypatch.setattr(Frozen, "forward", recording_forward)
     result = run_distillation(str(tmp_path / "ds"), str(tmp_path / "ref"), text, str(tmp_path / "out"), tracking_uri)
 
     steps = 6 * (36 // cfg.train.batch_size)  # tiny_data has 36 training images
     assert len(calls) == steps and set(calls) == {cfg.train.batch_size}  # one teacher pass per batch
+    # ...on the augmented pictures the student trains on, not the plain ones.
+    plain = DatasetManifest.open(str(tmp_path / "ds")).load_split("train").images
+    plain = {p.tobytes() for p in torch.from_numpy(plain).permute(0, 3, 1, 2).float().div(255).numpy()}
+    assert sum(p.numpy().tobytes() not in plain for p in shown) > 0.8 * len(shown)
     run = mlflow.get_run(result["run_id"])
     assert run.data.tags["kdflow.teacher_mode"] == "online"
     assert 0 < run.data.metrics["train_kd"] < 10 and run.data.metrics["val_agreement"] > 0.5

@@ -45,11 +45,27 @@ def test_adapts_once_then_reuses(dataset_dir, tiny_teacher, tiny_config_yaml, tm
     monkeypatch.setattr(adapt, "train_supervised", lambda *a, **k: pytest.fail("trained again"))
     again = adapt.run_adaptation(dataset_dir, tiny_teacher, config, str(tmp_path / "cache"))
     assert again == {"teacher_uri": out["teacher_uri"], "adapted": True, "reused": True}
-    # Other fine-tuning settings make another teacher.
+    # The student's own training settings do not make another teacher (one cache for every seed)...
+    data = yaml.safe_load(config)
+    data["train"].update(seed=7, batch_size=4, lr=0.3)
+    assert adapt.run_adaptation(dataset_dir, tiny_teacher, yaml.safe_dump(data), str(tmp_path / "cache")) == again
+    # ...other fine-tuning settings do.
     other = _config(tiny_config_yaml, adapt_epochs=1, adapt_lr=0.02)
     monkeypatch.setattr(adapt, "train_supervised", lambda model, *a, **k: model)
     assert adapt.run_adaptation(dataset_dir, tiny_teacher, other, str(tmp_path / "cache"))["teacher_uri"] != \
         out["teacher_uri"]
+
+
+def test_a_teacher_for_other_classes_is_refused_before_training(dataset_dir, tiny_config_yaml, tmp_path):
+    from kdflow.models import Classifier, create_model
+    from kdflow.models.loading import save_checkpoint
+
+    path = tmp_path / "five.pt"
+    path.write_bytes(save_checkpoint(Classifier(create_model("convnet_xs", 5), (0.5,) * 3, (0.25,) * 3),
+                                     "convnet_xs", 5))
+    with pytest.raises(KdflowError, match="outputs .5,. logits but the dataset has 3 classes"):
+        adapt.run_adaptation(dataset_dir, str(path), _config(tiny_config_yaml, adapt_epochs=1), str(tmp_path / "c"))
+    assert not (tmp_path / "c").exists()
 
 
 def test_a_torchscript_teacher_cannot_be_adapted(dataset_dir, tiny_teacher, tiny_config_yaml, tmp_path):

@@ -137,3 +137,11 @@ def test_an_exported_teacher_ignores_train_and_eval(tmp_path):
     assert not teacher.training and student.training is False
     x = torch.rand(2, 3, 8, 8)
     assert torch.allclose(distiller.teacher_logits({"image": x}), net(x), atol=1e-5)
+
+
+def test_a_torchscript_teacher_ignores_arch_but_not_normalisation(tmp_path):
+    path = tmp_path / "t.ts"
+    torch.jit.save(torch.jit.trace(create_model("convnet_xs", 3).eval(), torch.rand(1, 3, 8, 8)), str(path))
+    plain = TeacherSource(str(path)).digest()
+    assert TeacherSource(str(path), arch="resnet20").digest() == plain  # TorchScript carries its own graph
+    assert TeacherSource(str(path), None, (0.5,) * 3, (0.2,) * 3).digest() != plain  # it does not normalise

@@ -9,9 +9,10 @@ from kdflow.config import Config, DataConfig
 from kdflow.data.preprocess import preprocess
 from kdflow.distillers import build_distiller, get_distiller_class
 from kdflow.models import Classifier, create_model
-from kdflow.models.loading import Frozen, TeacherSource, save_checkpoint
+from kdflow.models.loading import TeacherSource, save_checkpoint
 from kdflow.softlabels.cache import SoftLabelCache
 from kdflow.steps.teacher import run_teacher_inference
+from kdflow.training import augment
 from kdflow.training.batches import ArrayBatches
 from tests.helpers import make_image_folder
 
@@ -36,17 +37,19 @@ def labelled(tmp_path, monkeypatch):
     torch.manual_seed(0)
     teacher = Classifier(create_model("convnet_xs", dataset.num_classes), dataset.mean, dataset.std)
     (tmp_path / "teacher.pt").write_bytes(save_checkpoint(teacher, "convnet_xs", dataset.num_classes))
-    seen: set[str] = set()
-    real_forward = Frozen.forward
+    seen: set[str] = set()  # every augmented picture rendered for the teacher (not the plain ones)
+    real_apply = augment.apply_views
 
-    def recording_forward(self, x):
-        seen.update(_digest(p) for p in x)
-        return real_forward(self, x)
+    def recording_apply(images, params):
+        views = real_apply(images, params)
+        seen.update(_digest(p) for p in views)
+        return views
 
-    monkeypatch.setattr(Frozen, "forward", recording_forward)
+    monkeypatch.setattr(augment, "apply_views", recording_apply)
     ref = run_teacher_inference(str(tmp_path / "ds"), str(tmp_path / "teacher.pt"), CONFIG,
                                 str(tmp_path / "cache"), str(tmp_path / "ref"))
-    monkeypatch.setattr(Frozen, "forward", real_forward)
+    monkeypatch.setattr(augment, "apply_views", real_apply)
+    assert len(seen) > 0
     train = dataset.load_split("train")
     soft = SoftLabelCache(ref.cache_uri).load_split(ref.cache_key, "train", train.ids, augmented=True)
     online = TeacherSource(str(tmp_path / "teacher.pt")).load(dataset.mean, dataset.std)
@@ -60,7 +63,7 @@ def test_replayed_views_are_pixel_identical_to_what_the_teacher_labelled(labelle
     for epoch in range(3):
         for batch in batches.batches(epoch=epoch, seed=cfg.train.seed):
             for picture in batch["image"]:
-                assert _digest(picture) in seen  # bit for bit one of the teacher's pictures
+                assert _digest(picture) in seen  # bit for bit one of the teacher's augmented pictures
                 shown += 1
             # ...and paired with the teacher's labels of that very picture (full rows: k >= C).
             with torch.no_grad():

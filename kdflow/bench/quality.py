@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from kdflow.config import Config
 from kdflow.data.preprocess import preprocess
@@ -88,7 +87,9 @@ def image_folder(source: Path, workdir: Path, profile: Profile) -> Path:
         unpacked = workdir / "cifar10-jpg"
         if not (unpacked / "train").is_dir():
             with tarfile.open(source) as tar:
-                tar.extractall(unpacked, filter="data")
+                # The "data" filter refuses links and paths leaving the folder (Python 3.10.12+).
+                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                tar.extractall(unpacked, **safe)
         source = unpacked
     if profile.train_per_class is None and profile.test_per_class is None:
         return source
@@ -100,7 +101,10 @@ def image_folder(source: Path, workdir: Path, profile: Profile) -> Path:
             for class_dir in sorted((source / split).iterdir()):
                 (tmp / split / class_dir.name).mkdir(parents=True)
                 for f in sorted(class_dir.iterdir())[:n]:
-                    os.link(f, tmp / split / class_dir.name / f.name)
+                    try:  # a hard link costs no space; another filesystem needs a copy
+                        os.link(f, tmp / split / class_dir.name / f.name)
+                    except OSError:
+                        shutil.copy2(f, tmp / split / class_dir.name / f.name)
         tmp.rename(subset)
     return subset
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from kdflow.models.loading import Frozen
+from kdflow.training.device import full_fp32
 
 
 class Distiller(nn.Module, ABC):
@@ -63,14 +64,15 @@ class Distiller(nn.Module, ABC):
     def teacher_logits(self, batch: dict[str, Any], temperature: float = 1.0) -> torch.Tensor:
         """Teacher logits of the batch's pictures, for softmax(z / temperature): float32 [B, C].
 
-        From the cache when the batch carries them, else from the teacher online, in fp32 outside
-        autocast, as the cache's were computed: offline and online see the same numbers.
+        From the cache when the batch carries them, else from the teacher online, in full fp32
+        (outside autocast, no TF32), as the cache's were computed: offline and online see the same
+        numbers.
         """
         if "teacher_soft" in batch:
             return batch["teacher_soft"].logits(temperature)
         if self.teacher is None:
             raise RuntimeError(f"{type(self).__name__} needs teacher logits: none cached, no teacher online")
-        with torch.no_grad(), torch.autocast(batch["image"].device.type, enabled=False):
+        with torch.no_grad(), torch.autocast(batch["image"].device.type, enabled=False), full_fp32():
             return self.teacher(batch["image"].float()).float()
 
     @abstractmethod

@@ -108,9 +108,6 @@ class SoftLabels:
         return SoftRows(self.values[rows, views], self.index[rows, views], self.tail_lse[rows, views],
                         self.tail_mean[rows, views], self.num_classes)
 
-    def logits(self, rows: torch.Tensor, views: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
-        return self.rows(rows, views).logits(temperature)
-
     def top1(self, view: int = 0) -> torch.Tensor:
         """The teacher's predicted class per row [N] (exact: the top-1 logit is always kept)."""
         best = self.values[:, view].argmax(dim=-1, keepdim=True)

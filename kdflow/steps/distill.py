@@ -70,6 +70,7 @@ def run_distillation(
                   if cfg.replays_cache() else None)
     # Validation agreement with the teacher is reported for every method, the baseline included.
     soft_val = cache.load_split(ref.cache_key, "val", val_arrays.ids) if val_arrays is not None else None
+    tracking_uri = tracking.use_tracking(tracking_uri)  # before a models:/ teacher is looked up
     teacher = None
     if method.uses_teacher and not cfg.replays_cache():  # the teacher runs online
         source = TeacherSource(ref.teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std)
@@ -89,7 +90,6 @@ def run_distillation(
             out["val_agreement"] = accuracy(pred, teacher_val_top1)
         return out
 
-    tracking_uri = tracking.use_tracking(tracking_uri)
     exp = tracking.experiment_id(cfg.registry.experiment, tracking_uri)
     with mlflow.start_run(experiment_id=exp, run_name=f"{cfg.distill.method}-{cfg.student.arch}") as run:
         tracking.log_config(cfg)

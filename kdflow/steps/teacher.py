@@ -18,7 +18,7 @@ from kdflow.softlabels.codec import compress
 from kdflow.softlabels.ref import SoftLabelRef
 from kdflow.training import augment
 from kdflow.training.batches import to_float_images
-from kdflow.training.device import resolve_device
+from kdflow.training.device import full_fp32, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,10 @@ def run_teacher_inference(
     k = cfg.teacher.top_k
 
     @torch.no_grad()
+    @full_fp32()
     def infer(images_u8: np.ndarray, params: np.ndarray | None) -> dict[str, np.ndarray]:
-        # fp32, no autocast: these labels are reused by every later run; bf16 logits would be the
-        # precision floor of all of them.
+        # Full fp32 (no autocast, no TF32): these labels are reused by every later run; reduced
+        # precision here would be the precision floor of all of them.
         logits = []
         for start in range(0, len(images_u8), cfg.teacher.batch_size):
             x = to_float_images(torch.from_numpy(images_u8[start : start + cfg.teacher.batch_size]).to(device))

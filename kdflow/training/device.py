@@ -1,6 +1,9 @@
-"""Device choice, read at run time."""
+"""Device choice (read at run time) and numeric precision."""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
@@ -19,3 +22,20 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"train.device is '{name}' but CUDA is not available here",
                           "use train.device: auto (or cpu) on machines without a GPU")
     return device
+
+
+@contextmanager
+def full_fp32() -> Iterator[None]:
+    """fp32 arithmetic that is fp32 on every GPU.
+
+    cuDNN runs float32 convolutions in TF32 (10-bit mantissa) by default on Ampere and later, so
+    "no autocast" alone still labels, evaluates and teaches at reduced precision there. Teacher
+    labels are reused by every later run and accuracies are reported, so both are computed in full
+    fp32; TF32 stays allowed for the student's training step.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

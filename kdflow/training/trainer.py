@@ -20,6 +20,7 @@ from kdflow.distillers.base import Distiller
 from kdflow.errors import KdflowError
 from kdflow.storage import join, storage_for
 from kdflow.training.batches import ArrayBatches
+from kdflow.training.device import full_fp32
 from kdflow.training.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -138,11 +139,12 @@ def fit(
 def predict(model: torch.nn.Module, batches: ArrayBatches) -> torch.Tensor:
     """Logits of ``model`` over every row of ``batches``, in order: float32 [N, C] on the CPU.
 
-    In fp32, never autocast: a reported accuracy must not depend on the device's low-precision
-    kernels, and inference is a small part of a run's cost.
+    In full fp32 (no autocast, no TF32): a reported accuracy must not depend on the device's
+    low-precision kernels, and inference is a small part of a run's cost.
     """
     model.eval()
     outs = []
-    for batch in batches.batches():
-        outs.append(model(batch["image"]).float().cpu())
+    with full_fp32():
+        for batch in batches.batches():
+            outs.append(model(batch["image"]).float().cpu())
     return torch.cat(outs) if outs else torch.zeros(0)

@@ -72,7 +72,7 @@ def test_write_then_hit(dataset, tmp_path):
     soft = cache.load_split(key, "train", train.ids)
     assert soft.values.shape == (len(train), 1, 3)
     expected = torch.from_numpy(train.images).float().mean(dim=(1, 2))
-    assert torch.equal(soft.logits(torch.arange(len(train))), expected)  # full fp32 rows (3 classes, k = 10)
+    assert torch.equal(soft.rows(torch.arange(len(train))).logits(), expected)  # full fp32 rows (3 classes, k = 10)
 
 
 def test_interrupted_write_is_not_complete_and_resumes(dataset, tmp_path):

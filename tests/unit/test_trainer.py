@@ -82,3 +82,17 @@ def test_frozen_teacher_stays_in_eval_mode():
 def test_divergence_is_reported_with_a_fix():
     with pytest.raises(KdflowError, match=r"(?s)training loss became nan.*lower train.lr"):
         _train(dataclasses.replace(CFG, lr=1e30))
+
+
+def test_full_fp32_turns_tf32_off_and_restores_it():
+    """cuDNN's default TF32 convolutions would make 'fp32' labels and accuracies reduced-precision."""
+    from kdflow.training.device import full_fp32
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with full_fp32():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

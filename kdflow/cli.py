@@ -6,7 +6,6 @@ only when they are invoked.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -151,10 +150,6 @@ def bench_quality(data, teacher, profile, seeds, rows, workdir, output) -> None:
     from kdflow.logs import setup_logging
 
     setup_logging()
-    torch_threads = os.cpu_count() or 1
-    import torch
-
-    torch.set_num_threads(torch_threads)
     seed_list = tuple(int(s) for s in seeds.split(","))
     row_list = tuple(r.strip() for r in rows.split(","))
     unknown = set(row_list) - set(quality.ROWS)

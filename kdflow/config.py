@@ -18,6 +18,9 @@ from kdflow.errors import ConfigError
 from kdflow.typed import from_dict, to_dict
 
 
+ResizeMode = Literal["squash", "short_side"]
+
+
 def _check(ok: bool, key: str, problem: str, fix: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}' {problem}", fix)
@@ -35,7 +38,7 @@ class DataConfig:
     # squash: resize to image_size x image_size, ignoring the aspect ratio (cheap; fine for data that
     # is already square). short_side: resize the short side to image_size, then centre-crop: what
     # pretrained teachers saw (torchvision's Resize + CenterCrop), so objects keep their shape.
-    resize: Literal["squash", "short_side"] = "squash"
+    resize: ResizeMode = "squash"
 
     def __post_init__(self) -> None:
         _check(4 <= self.image_size <= 1024, "data.image_size", f"is {self.image_size}", "use 4..1024")
@@ -211,12 +214,19 @@ class Config:
                 "augmentation off (augment.crop: none, augment.flip: false)",
             )
 
-    def replays_cache(self) -> bool:
-        """True when the student learns from cached teacher logits (an offline method that uses them)."""
+    def teacher_mode(self) -> str:
+        """``none`` (the method uses no teacher), ``offline`` (cached teacher logits) or ``online``
+        (the teacher runs on every batch: asked for, or needed by the method for its features)."""
         from kdflow.distillers import get_distiller_class
 
         cls = get_distiller_class(self.distill.method)
-        return cls.uses_teacher and not cls.needs_teacher_online and self.distill.teacher == "offline"
+        if not cls.uses_teacher:
+            return "none"
+        return "online" if cls.needs_teacher_online or self.distill.teacher == "online" else "offline"
+
+    def replays_cache(self) -> bool:
+        """True when the student learns from cached teacher logits."""
+        return self.teacher_mode() == "offline"
 
     def cached_views(self) -> int:
         """Augmented teacher views the soft-label cache must hold for this run (0: the plain view only)."""

@@ -18,9 +18,11 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
+from kdflow.config import ResizeMode
 from kdflow.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -84,7 +86,7 @@ def scan(root: Path) -> tuple[list[Candidate], list[str], list[dict]]:
     return candidates, sorted(classes), stray
 
 
-RESIZE_MODES = ("squash", "short_side")
+RESIZE_MODES = get_args(ResizeMode)
 
 
 def resize_to_square(img, size: int, resize: str = "squash"):

@@ -107,6 +107,8 @@ class TeacherSource:
         self._bytes: bytes | None = None
         self._mlflow_model: nn.Module | None = None
         self._ckpt: object | None = None
+        self._kind: str | None = None
+        self._self_normalising: bool | None = None
 
     @property
     def is_mlflow(self) -> bool:
@@ -130,13 +132,17 @@ class TeacherSource:
 
     def kind(self) -> str:
         """``mlflow``, ``torchscript``, ``kdflow`` (a checkpoint that records its architecture and
-        normalisation) or ``state_dict`` (bare weights: needs ``arch``)."""
-        if self.is_mlflow:
-            return "mlflow"
-        if _is_torchscript(self._data()):
-            return "torchscript"
-        ckpt = self._checkpoint()
-        return "kdflow" if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT else "state_dict"
+        normalisation) or ``state_dict`` (bare weights: needs ``arch``). Decided once per source."""
+        if self._kind is None:
+            if self.is_mlflow:
+                self._kind = "mlflow"
+            elif _is_torchscript(self._data()):
+                self._kind = "torchscript"
+            else:
+                ckpt = self._checkpoint()
+                is_kdflow = isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT
+                self._kind = "kdflow" if is_kdflow else "state_dict"
+        return self._kind
 
     def _checkpoint(self) -> object:
         if self._ckpt is None:
@@ -150,8 +156,11 @@ class TeacherSource:
         return self._ckpt
 
     def _normalises_itself(self) -> bool:
-        kind = self.kind()
-        return kind == "kdflow" or (kind == "mlflow" and self._mlflow_normalises_itself())
+        """Asked by digest() and load(); an MLflow teacher's answer costs a registry call, so once."""
+        if self._self_normalising is None:
+            kind = self.kind()
+            self._self_normalising = kind == "kdflow" or (kind == "mlflow" and self._mlflow_normalises_itself())
+        return self._self_normalising
 
     def digest(self) -> str:
         """Content digest of the teacher, with exactly the settings that change its outputs.

@@ -108,10 +108,10 @@ class SoftLabels:
         return SoftRows(self.values[rows, views], self.index[rows, views], self.tail_lse[rows, views],
                         self.tail_mean[rows, views], self.num_classes)
 
-    def top1(self, view: int = 0) -> torch.Tensor:
-        """The teacher's predicted class per row [N] (exact: the top-1 logit is always kept)."""
-        best = self.values[:, view].argmax(dim=-1, keepdim=True)
-        return self.index[:, view].gather(-1, best).squeeze(-1).long()
+    def top1(self) -> torch.Tensor:
+        """The teacher's predicted class per row [N] on view 0 (exact: the top-1 logit is always kept)."""
+        best = self.values[:, 0].argmax(dim=-1, keepdim=True)
+        return self.index[:, 0].gather(-1, best).squeeze(-1).long()
 
     def to(self, device: torch.device | str) -> "SoftLabels":
         return SoftLabels(self.values.to(device), self.index.to(device), self.tail_lse.to(device),
@@ -123,8 +123,8 @@ class SoftLabelCache:
     def __init__(self, root: str):
         self.root = root
         self.store = storage_for(root)
-        # Entries verified by load_split: a step reads several splits of one entry, and verifying
-        # costs a read plus a size check per shard (an S3 HEAD each).
+        # Entries and view manifests verified by lookup: a step reads several splits of one entry,
+        # and verifying costs a read plus a size check per shard (an S3 HEAD each).
         self._verified: dict[str, dict[str, Any]] = {}
         self._verified_views: dict[str, dict[str, Any]] = {}
 
@@ -163,8 +163,14 @@ class SoftLabelCache:
     def lookup(self, key: str) -> dict[str, Any] | None:
         """The manifest of a complete entry (every view complete), or None."""
         entry = self._read_json(self.entry_uri(key), key)
-        if entry is None or any(self.view_manifest(v["key"]) is None for v in entry["views"]):
+        if entry is None:
             return None
+        manifests = {}
+        for view in entry["views"]:
+            manifests[view["key"]] = self.view_manifest(view["key"])
+            if manifests[view["key"]] is None:
+                return None
+        self._verified_views.update(manifests)
         return entry
 
     def write(self, spec: EntrySpec, infer: Infer, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
@@ -172,16 +178,9 @@ class SoftLabelCache:
 
         Returns (entry manifest, {"views_computed": n, "views_reused": m}).
         """
-        stats = {"views_computed": 0, "views_reused": 0}
-        views = []
-        for view in spec.views:
-            vkey = spec.view_key(view)
-            if self.view_manifest(vkey) is not None:
-                stats["views_reused"] += 1
-            else:
-                self._write_view(vkey, view, spec, infer)
-                stats["views_computed"] += 1
-            views.append({"key": vkey, "spec": view.spec})
+        keyed = [(spec.view_key(view), view) for view in spec.views]
+        pending = [(vkey, view) for vkey, view in keyed if self.view_manifest(vkey) is None]
+        self._fill_views(pending, spec, infer)
         entry = {
             "format": FORMAT,
             "key": spec.key,
@@ -190,44 +189,56 @@ class SoftLabelCache:
             "dataset_fingerprint": spec.dataset.fingerprint,
             "num_classes": spec.dataset.num_classes,
             "top_k": spec.top_k,
-            "views": views,
+            "views": [{"key": vkey, "spec": view.spec} for vkey, view in keyed],
             **extra,
         }
         self.store.write_bytes(self.entry_uri(spec.key), json.dumps(entry, indent=2).encode())
-        return entry, stats
+        return entry, {"views_computed": len(pending), "views_reused": len(keyed) - len(pending)}
 
-    def _write_view(self, vkey: str, view: View, spec: EntrySpec, infer: Infer) -> None:
-        dataset, root = spec.dataset, self.view_uri(vkey)
+    def _fill_views(self, pending: list[tuple[str, View]], spec: EntrySpec, infer: Infer) -> None:
+        """Label the pending views shard by shard: each dataset shard is read once for all of them
+        and only one is held at a time; each view is committed by its manifest at the end."""
+        dataset, size = spec.dataset, spec.dataset.image_size
         data_store = storage_for(dataset.root)
-        size = dataset.image_size
-        splits: dict[str, dict] = {}
+        splits: dict[str, dict[str, dict]] = {vkey: {} for vkey, _ in pending}
         for split, info in dataset.data["splits"].items():
-            if not view.covers(split):
+            todo = [(vkey, view) for vkey, view in pending if view.covers(split)]
+            if not todo:
                 continue
-            params = view.params(split, info["count"], size, size)  # the whole split's, then sliced
-            shards, start = [], 0
+            # Each view's parameters for the whole split (a function of seed, split and view), sliced per shard.
+            params = {vkey: view.params(split, info["count"], size, size) for vkey, view in todo}
+            shards: dict[str, list[dict]] = {vkey: [] for vkey, _ in todo}
+            start = 0
             for dshard in info["shards"]:
-                uri = join(root, dshard["file"])
                 arrays = unpack_arrays(data_store.read_bytes(join(dataset.root, dshard["file"])))
                 rows = slice(start, start + dshard["count"])
                 start += dshard["count"]
-                raw = self._resumable(uri, arrays["ids"])
-                if raw is None:
-                    p = None if params is None else params[rows]
-                    out = infer(arrays["images"], p)
-                    if p is not None:
-                        out["params"] = p
-                    raw = pack_arrays({"ids": arrays["ids"], **out})
-                    self.store.write_bytes(uri, raw)
-                else:
-                    log.info("soft labels: resuming, kept %s of view %s", dshard["file"], vkey[:12])
-                shards.append({"file": dshard["file"], "count": dshard["count"],
-                               "sha256": sha256_bytes(raw), "size": len(raw)})
-            splits[split] = {"count": info["count"], "shards": shards}
-        manifest = {"format": FORMAT, "key": vkey, "kdflow_version": __version__, "spec": view.spec,
-                    "teacher_digest": spec.teacher_digest, "num_classes": dataset.num_classes,
-                    "top_k": spec.top_k, "splits": splits}
-        self.store.write_bytes(join(root, MANIFEST), json.dumps(manifest, indent=2).encode())
+                for vkey, _ in todo:
+                    p = None if params[vkey] is None else params[vkey][rows]
+                    raw = self._label_shard(join(self.view_uri(vkey), dshard["file"]), arrays, p, infer)
+                    shards[vkey].append({"file": dshard["file"], "count": dshard["count"],
+                                         "sha256": sha256_bytes(raw), "size": len(raw)})
+            for vkey, _ in todo:
+                splits[vkey][split] = {"count": info["count"], "shards": shards[vkey]}
+        for vkey, view in pending:
+            manifest = {"format": FORMAT, "key": vkey, "kdflow_version": __version__, "spec": view.spec,
+                        "teacher_digest": spec.teacher_digest, "num_classes": dataset.num_classes,
+                        "top_k": spec.top_k, "splits": splits[vkey]}
+            self.store.write_bytes(join(self.view_uri(vkey), MANIFEST), json.dumps(manifest, indent=2).encode())
+
+    def _label_shard(self, uri: str, arrays: dict[str, np.ndarray], params: np.ndarray | None,
+                     infer: Infer) -> bytes:
+        """One view's labels of one dataset shard: kept when an interrupted run left them, else computed."""
+        raw = self._resumable(uri, arrays["ids"])
+        if raw is not None:
+            log.info("soft labels: resuming, kept %s", uri)
+            return raw
+        out = infer(arrays["images"], params)
+        if params is not None:
+            out["params"] = params
+        raw = pack_arrays({"ids": arrays["ids"], **out})
+        self.store.write_bytes(uri, raw)
+        return raw
 
     def _resumable(self, uri: str, ids: np.ndarray) -> bytes | None:
         if not self.store.exists(uri):
@@ -266,10 +277,8 @@ class SoftLabelCache:
                           int(entry["num_classes"]), stack.get("params"))
 
     def _load_view(self, vkey: str, split: str, expected_ids: np.ndarray) -> dict[str, np.ndarray]:
-        manifest = self._verified_views.get(vkey) or self.view_manifest(vkey)
-        if manifest is not None:
-            self._verified_views[vkey] = manifest
-        if manifest is None or split not in manifest["splits"]:
+        manifest = self._verified_views[vkey]  # verified by _entry's lookup
+        if split not in manifest["splits"]:
             raise CacheError(f"soft-label view {vkey[:12]} has no complete '{split}' split",
                              "re-run teacher inference for this dataset and teacher")
         parts = []

@@ -11,7 +11,7 @@ from kdflow.config import Config
 from kdflow.logs import setup_logging
 from kdflow.data.shards import DatasetManifest
 from kdflow.evaluation import accuracy
-from kdflow.distillers import build_distiller, get_distiller_class
+from kdflow.distillers import build_distiller
 from kdflow.errors import CacheError
 from kdflow.models import Classifier, create_model
 from kdflow.models.loading import TeacherSource, save_checkpoint
@@ -57,7 +57,6 @@ def run_distillation(
     dataset = DatasetManifest.open(dataset_dir)
     ref = SoftLabelRef.load(softlabels_dir)
     device = resolve_device(cfg.train.device)
-    method = get_distiller_class(cfg.distill.method)
     if cfg.replays_cache() and ref.views != cfg.cached_views():
         raise CacheError(f"the soft labels hold {ref.views} augmented view(s) but this config replays "
                          f"{cfg.cached_views()}", "run teacher inference and distillation with the same config")
@@ -72,7 +71,7 @@ def run_distillation(
     soft_val = cache.load_split(ref.cache_key, "val", val_arrays.ids) if val_arrays is not None else None
     tracking_uri = tracking.use_tracking(tracking_uri)  # before a models:/ teacher is looked up
     teacher = None
-    if method.uses_teacher and not cfg.replays_cache():  # the teacher runs online
+    if cfg.teacher_mode() == "online":
         source = TeacherSource(ref.teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std)
         teacher = source.load(dataset.mean, dataset.std)
 
@@ -95,8 +94,7 @@ def run_distillation(
         tracking.log_config(cfg)
         tracking.set_tags({**_tags(dataset, ref, pipeline_run), Tag.METHOD: cfg.distill.method,
                            Tag.STUDENT_ARCH: cfg.student.arch, Tag.DEVICE: str(device),
-                           Tag.TEACHER_MODE: ("none" if not method.uses_teacher else
-                                             "offline" if cfg.replays_cache() else "online"),
+                           Tag.TEACHER_MODE: cfg.teacher_mode(),
                            Tag.VIEWS: ref.views})
         final = fit(
             distiller, train, cfg.train,

@@ -16,9 +16,8 @@ from kdflow.softlabels import views
 from kdflow.softlabels.cache import EntrySpec, SoftLabelCache
 from kdflow.softlabels.codec import compress
 from kdflow.softlabels.ref import SoftLabelRef
-from kdflow.training import augment
-from kdflow.training.batches import to_float_images
-from kdflow.training.device import full_fp32, resolve_device
+from kdflow.training.device import resolve_device
+from kdflow.training.trainer import predict_images
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +67,11 @@ def run_teacher_inference(
     check_teacher(teacher, dataset, device)
     k = cfg.teacher.top_k
 
-    @torch.no_grad()
-    @full_fp32()
     def infer(images_u8: np.ndarray, params: np.ndarray | None) -> dict[str, np.ndarray]:
-        # Full fp32 (no autocast, no TF32): these labels are reused by every later run; reduced
-        # precision here would be the precision floor of all of them.
-        logits = []
-        for start in range(0, len(images_u8), cfg.teacher.batch_size):
-            x = to_float_images(torch.from_numpy(images_u8[start : start + cfg.teacher.batch_size]).to(device))
-            if params is not None:
-                x = augment.apply_views(x, torch.from_numpy(params[start : start + len(x)]))
-            logits.append(teacher(x).float())
-        stacked = torch.cat(logits) if logits else torch.zeros(0, dataset.num_classes, device=device)
-        return compress(stacked, k)
+        # predict_images works in full fp32: these labels are reused by every later run.
+        views = None if params is None else torch.from_numpy(params)
+        logits = predict_images(teacher, torch.from_numpy(images_u8).to(device), cfg.teacher.batch_size, views)
+        return compress(logits.reshape(len(images_u8), dataset.num_classes), k)
 
     _, stats = cache.write(spec, infer, extra={"teacher_digest": digest, "teacher_uri": teacher_uri})
     log.info("soft-label cache miss %s: the teacher labelled %d view(s), %d reused from earlier entries",

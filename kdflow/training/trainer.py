@@ -19,7 +19,8 @@ from kdflow.config import TrainConfig
 from kdflow.distillers.base import Distiller
 from kdflow.errors import KdflowError
 from kdflow.storage import join, storage_for
-from kdflow.training.batches import ArrayBatches
+from kdflow.training import augment
+from kdflow.training.batches import ArrayBatches, to_float_images
 from kdflow.training.device import full_fp32
 from kdflow.training.schedule import warmup_cosine
 
@@ -136,15 +137,25 @@ def fit(
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, batches: ArrayBatches) -> torch.Tensor:
-    """Logits of ``model`` over every row of ``batches``, in order: float32 [N, C] on the CPU.
+def predict_images(model: torch.nn.Module, images_u8: torch.Tensor, batch_size: int,
+                   params: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of ``model`` on uint8 images [N, H, W, 3] (rendered as views ``params`` [N, 5] when
+    given), in batches: float32 [N, C] on the images' device.
 
-    In full fp32 (no autocast, no TF32): a reported accuracy must not depend on the device's
-    low-precision kernels, and inference is a small part of a run's cost.
+    In full fp32 (no autocast, no TF32): reported accuracies and cached teacher labels must not
+    depend on the device's low-precision kernels, and inference is a small part of a run's cost.
     """
     model.eval()
     outs = []
     with full_fp32():
-        for batch in batches.batches():
-            outs.append(model(batch["image"]).float().cpu())
-    return torch.cat(outs) if outs else torch.zeros(0)
+        for start in range(0, len(images_u8), batch_size):
+            x = to_float_images(images_u8[start : start + batch_size])
+            if params is not None:
+                x = augment.apply_views(x, params[start : start + batch_size])
+            outs.append(model(x).float())
+    return torch.cat(outs) if outs else torch.zeros(0, device=images_u8.device)
+
+
+def predict(model: torch.nn.Module, batches: ArrayBatches) -> torch.Tensor:
+    """Logits of ``model`` over every row of ``batches``, plain pictures in order: float32 [N, C] on the CPU."""
+    return predict_images(model, batches.images, batches.batch_size).cpu()

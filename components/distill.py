@@ -13,12 +13,18 @@ def distill(
     tracking_uri: str,
     pipeline_run: str,
     model: dsl.Output[dsl.Model],
+    parent_run_id: str = "",
+    run_name: str = "",
 ) -> NamedTuple("DistillOutputs", run_id=str, model_uri=str):
-    """Train the student from the cached soft labels; the run and the model go to MLflow."""
+    """Train the student from the cached soft labels; the run and the model go to MLflow.
+
+    ``parent_run_id`` makes the run a child of that MLflow run (a sweep's trials); ``run_name``
+    names it (default ``<method>-<student arch>``)."""
     from collections import namedtuple
 
     from kdflow.steps.distill import run_distillation
 
-    result = run_distillation(dataset.path, soft_labels.path, config, model.path, tracking_uri, pipeline_run)
+    result = run_distillation(dataset.path, soft_labels.path, config, model.path, tracking_uri, pipeline_run,
+                              parent_run_id=parent_run_id, run_name=run_name)
     model.metadata.update({"run_id": result["run_id"], "model_uri": result["model_uri"]})
     return namedtuple("DistillOutputs", ["run_id", "model_uri"])(result["run_id"], result["model_uri"])

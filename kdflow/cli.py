@@ -1,7 +1,7 @@
 """The ``kdflow`` command line.
 
-Importing this module does not import kfp: only ``run`` and ``compile`` reach into pipelines/, and
-only when they are invoked.
+Importing this module does not import kfp: only ``run``, ``sweep`` and ``compile`` reach into
+pipelines/, and only when they are invoked.
 """
 
 from __future__ import annotations
@@ -24,6 +24,21 @@ def main() -> None:
     """kdflow: knowledge-distillation pipelines for Kubeflow."""
 
 
+def _where_options(command):
+    """--workdir, --cache-uri and --tracking-uri: where a local run keeps its state (run and sweep)."""
+    for option in reversed([
+        click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Folder for defaults (data, teacher, cache, MLflow store, pipeline outputs). "
+                          "Default: $KDFLOW_HOME, else ./.kdflow."),
+        click.option("--cache-uri", metavar="URI", help="Soft-label cache root: folder, file:// or s3://. "
+                                                        "Default: WORKDIR/cache."),
+        click.option("--tracking-uri", metavar="URI", help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, "
+                                                           "else sqlite:///WORKDIR/mlflow.db."),
+    ]):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.option("--data", metavar="PATH",
               help="Image folder (<class>/<image>, optionally under train/, val/, test/). "
@@ -33,13 +48,7 @@ def main() -> None:
                    "Default: config's teacher_uri, else a teacher is trained first.")
 @click.option("--config", "config_path", metavar="FILE",
               help="YAML run config (see `kdflow config`). Default: the built-in digits config.")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for defaults (data, teacher, cache, MLflow store, pipeline outputs). "
-                   "Default: $KDFLOW_HOME, else ./.kdflow.")
-@click.option("--cache-uri", metavar="URI", help="Soft-label cache root: folder, file:// or s3://. "
-                                                 "Default: WORKDIR/cache.")
-@click.option("--tracking-uri", metavar="URI", help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, "
-                                                    "else sqlite:///WORKDIR/mlflow.db.")
+@_where_options
 def run(data, teacher, config_path, workdir, cache_uri, tracking_uri) -> None:
     """Run the whole pipeline locally (kfp.local) and print a summary.
 
@@ -72,16 +81,82 @@ def run(data, teacher, config_path, workdir, cache_uri, tracking_uri) -> None:
         sys.exit(EXIT_GATE_FAILED)
 
 
+@main.command()
+@click.option("--config", "sweep_path", required=True, metavar="FILE",
+              help="Sweep file: a base run config, the distill.*/train.*/student.* values to try, grid or random "
+                   "(see examples/sweep-digits.yaml).")
+@click.option("--data", metavar="PATH",
+              help="Image folder, as for `kdflow run`. Default: the base config's data_uri, else "
+                   "scikit-learn's digits.")
+@click.option("--teacher", metavar="URI",
+              help="Teacher, as for `kdflow run`. Default: the base config's teacher_uri, else a teacher is "
+                   "trained first.")
+@_where_options
+@click.option("--dry-run", is_flag=True, help="Print the expanded trials and exit, without running anything.")
+def sweep(sweep_path, data, teacher, workdir, cache_uri, tracking_uri, dry_run) -> None:
+    """Try many students against one teacher run (kfp.local); register the best on validation.
+
+    The teacher labels once; every trial distils from the same cached soft labels as a child MLflow
+    run; the trial with the best validation metric is evaluated on the test split, gated and
+    registered.
+
+    \b
+    Example (kd at two temperatures against cross-entropy, on the digits default):
+      kdflow sweep --config examples/sweep-digits.yaml --dry-run
+      kdflow sweep --config examples/sweep-digits.yaml
+
+    Exit status: 0 registered, 3 ran but the gate refused the winner, 1 failed, 2 bad input.
+    """
+    from kdflow.sweep import SweepSpec, expand
+
+    spec = SweepSpec.load(sweep_path)
+    plan = expand(spec, spec.base_config(embedded=not data))  # every trial checked before anything is written
+    if dry_run:
+        click.echo("\n".join(plan.table_lines()))
+        return
+
+    from kdflow.inputs import default_workdir, resolve_inputs
+    from kdflow.logs import setup_logging
+    from kdflow.summary import read_summary
+    from kdflow.sweep.summary import read_sweep
+
+    setup_logging()
+    workdir = (workdir or default_workdir()).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg, notes = resolve_inputs(spec.base_config(embedded=not data), workdir, data, teacher, cache_uri, tracking_uri)
+    for what, note in notes.items():
+        click.echo(f"{what}: {note}", err=True)
+    plan = expand(spec, cfg)
+
+    from pipelines.local import run_sweep_local
+
+    try:
+        run_id = run_sweep_local(str(workdir / "pipeline_runs"), {
+            "data_uri": cfg.data_uri, "teacher_uri": cfg.teacher_uri, "config": plan.labelling_config().to_yaml(),
+            "trials": plan.to_json(), "cache_uri": cfg.cache_uri, "tracking_uri": cfg.tracking_uri,
+        })
+    except RuntimeError as exc:
+        raise click.ClickException(f"{exc}\nThe failing task's log above says why.") from None
+    click.echo("\n".join(read_sweep(run_id, cfg.tracking_uri).lines()))
+    summary = read_summary(run_id, cfg.tracking_uri)
+    click.echo("\n".join(["kdflow run summary of the winner"] + summary.lines()[1:]))
+    if not summary.registered_version:
+        sys.exit(EXIT_GATE_FAILED)
+
+
 @main.command("compile")
 @click.option("--output", "-o", default="pipeline.yaml", show_default=True, help="Where to write the spec.")
 @click.option("--image-prefix", metavar="PREFIX",
               help="Registry/repository prefix for the component images, e.g. ghcr.io/acme. "
                    "Default: the package's own.")
-def compile_cmd(output: str, image_prefix: str | None) -> None:
+@click.option("--pipeline", type=click.Choice(["distill", "sweep"]), default="distill", show_default=True,
+              help="distill: one student. sweep: many trials from one teacher run, the best registered "
+                   "(parameters config and trials: what `kdflow sweep` passes).")
+def compile_cmd(output: str, image_prefix: str | None, pipeline: str) -> None:
     """Compile the pipeline to a KFP IR YAML for a cluster."""
-    from pipelines.local import compile_pipeline, retarget_images
+    from pipelines.local import compile_pipeline, compile_sweep, retarget_images
 
-    compile_pipeline(output)
+    (compile_sweep if pipeline == "sweep" else compile_pipeline)(output)
     if image_prefix:
         retarget_images(output, image_prefix)
     click.echo(output)
@@ -91,27 +166,54 @@ def compile_cmd(output: str, image_prefix: str | None) -> None:
 @click.option("--config", "config_path", metavar="FILE", help="Validate and print this file, resolved.")
 @click.option("--digits", is_flag=True, help="Print the embedded default (digits) config instead of the "
                                              "generic defaults.")
-def config(config_path: str | None, digits: bool) -> None:
+@click.option("--schema", is_flag=True, help="Print the JSON Schema of the config instead, for editors "
+                                             "(e.g. a YAML language server: completion, hover docs and "
+                                             "checks as you type).")
+def config(config_path: str | None, digits: bool, schema: bool) -> None:
     """Print a config with every default filled in: a starting point for your own."""
+    if schema:
+        import json
+
+        from kdflow.schema import config_schema
+
+        click.echo(json.dumps(config_schema(), indent=2))
+        return
     from kdflow.inputs import load_config
 
     click.echo(load_config(config_path, embedded=digits).to_yaml(), nl=False)
 
 
 @main.command()
-def models() -> None:
-    """List the model architectures (for student.arch and teacher.arch)."""
-    from kdflow.models import list_models
+@click.option("--layers", "arch", metavar="ARCH",
+              help="List ARCH's layers (names for hint pairs) with their output shapes instead.")
+@click.option("--image-size", default=32, show_default=True, help="Input size for the shapes listed by --layers.")
+@click.option("--classes", default=10, show_default=True, help="Class count for the shapes listed by --layers.")
+def models(arch: str | None, image_size: int, classes: int) -> None:
+    """List the model architectures (for student.arch and teacher.arch), or one's layers."""
+    from kdflow.models import create_model, list_models
 
-    click.echo("\n".join(list_models()))
+    if not arch:
+        click.echo("\n".join(list_models()))
+        return
+    import torch
+
+    from kdflow.models.features import layer_table
+
+    rows = layer_table(create_model(arch, classes), torch.zeros(2, 3, image_size, image_size))
+    width = max(len(name) for name, _, _ in rows)
+    click.echo(f"# {arch}: layers a hint pair can name (output shape for {image_size}x{image_size} input)")
+    for name, kind, shape in rows:
+        click.echo(f"{name:{width}s}  {kind:12s}  {list(shape)}")
 
 
 @main.command()
 def methods() -> None:
-    """List the distillation methods (for distill.method)."""
-    from kdflow.distillers import list_distillers
+    """List the distillation methods (for distill.method), each with a one-line description."""
+    from kdflow.distillers import describe_distillers
 
-    click.echo("\n".join(list_distillers()))
+    described = describe_distillers()
+    width = max(map(len, described))
+    click.echo("\n".join(f"{name:{width}s}  {text}" for name, text in described.items()))
 
 
 @main.command()
@@ -138,20 +240,22 @@ def bench() -> None:
               show_default=True, help="gpu: full data, 30 epochs. cpu-reduced: a subset and shorter schedule "
                                       "for 2 CPU cores. smoke: seconds, checks the plumbing only.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated training seeds.")
-@click.option("--rows", default="ce,kd-plain,kd-views,kd-online", show_default=True,
-              help="Comma-separated rows to run (ce, kd-plain, kd-views, kd-online).")
+@click.option("--rows", default="all", show_default=True,
+              help="Comma-separated rows to run, or all: ce, kd-plain, kd-views, kd-online, kd-ls, kd-ls-online, "
+                   "dkd, dkd-online, dist, dist-online, hint, combined, kd-k3, dkd-k3.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".kdflow/bench"),
               show_default=True, help="Scratch folder: unpacked data, cache, MLflow store, results.json.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("docs/benchmarks.md"),
               show_default=True, help="Markdown file the result section is appended to.")
 def bench_quality(data, teacher, profile, seeds, rows, workdir, output) -> None:
-    """CIFAR-10: ResNet-56 teacher (adapted) -> ResNet-20 student; ce vs KD plain / replayed views / online."""
+    """CIFAR-10: ResNet-56 teacher (adapted) -> ResNet-20 student; ce, KD (plain / replayed views / online),
+    KD with logit standardization, DKD, DIST, hint, combined, and KD/DKD with a smaller cached k."""
     from kdflow.bench import quality
     from kdflow.logs import setup_logging
 
     setup_logging()
     seed_list = tuple(int(s) for s in seeds.split(","))
-    row_list = tuple(r.strip() for r in rows.split(","))
+    row_list = quality.ROWS if rows == "all" else tuple(r.strip() for r in rows.split(","))
     unknown = set(row_list) - set(quality.ROWS)
     if unknown:
         raise click.BadParameter(f"unknown rows {sorted(unknown)}; use {', '.join(quality.ROWS)}", param_hint="--rows")

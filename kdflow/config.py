@@ -206,6 +206,9 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def __post_init__(self) -> None:
+        from kdflow.distillers import get_distiller_class
+
+        get_distiller_class(self.distill.method).check_run(self.distill.options, self)
         if self.augment.active and self.augment.views == 0 and self.replays_cache():
             raise ConfigError(
                 "augment is on but augment.views is 0: the student would see augmented pictures while "
@@ -222,7 +225,8 @@ class Config:
         cls = get_distiller_class(self.distill.method)
         if not cls.uses_teacher:
             return "none"
-        return "online" if cls.needs_teacher_online or self.distill.teacher == "online" else "offline"
+        online = cls.requires_online(self.distill.options) or self.distill.teacher == "online"
+        return "online" if online else "offline"
 
     def replays_cache(self) -> bool:
         """True when the student learns from cached teacher logits."""

@@ -145,3 +145,141 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+# --- JSON Schema, generated from the same type hints the loader checks against -------------------
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Field name -> its comment in the class source: the trailing ``# comment`` on the field's line,
+    else the block of whole-line comments right above it. Empty when the source is unavailable."""
+    import ast
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+        tree = ast.parse(source)
+        comments = {tok.start[0]: (tok.string.lstrip("#").strip(), tok.line.strip().startswith("#"))
+                    for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                    if tok.type == tokenize.COMMENT}
+    except (OSError, TypeError, SyntaxError, tokenize.TokenError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    out: dict[str, str] = {}
+    for node in body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        trailing = comments.get(node.end_lineno)
+        if trailing and not trailing[1]:
+            out[node.target.id] = trailing[0]
+            continue
+        above, line = [], node.lineno - 1
+        while line in comments and comments[line][1]:
+            above.insert(0, comments[line][0])
+            line -= 1
+        if above:
+            out[node.target.id] = " ".join(above)
+    return out
+
+
+def _class_description(cls: type) -> str | None:
+    doc = cls.__dict__.get("__doc__")
+    # dataclasses write "Name(field: type = ...)" as the docstring of a class that has none.
+    if not doc or doc.startswith(f"{cls.__name__}("):
+        return None
+    import inspect
+
+    return inspect.cleandoc(doc).split("\n\n")[0].replace("\n", " ")
+
+
+def _plain_default(f: dataclasses.Field) -> tuple[bool, Any]:
+    """(True, default as JSON data) or (False, None) when the field has none that serialises."""
+    import json
+
+    try:
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            return False, None
+        value = to_dict(value)
+        json.dumps(value, allow_nan=False)
+    except Exception:  # a default that cannot be built or is not plain data: leave it out
+        return False, None
+    return True, value
+
+
+def _type_schema(tp: Any) -> dict:
+    """Schema of one annotation; mirrors ``convert`` case by case."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return {}
+    if origin is Literal:
+        return {"enum": list(get_args(tp))}
+    if origin in (Union, types.UnionType):
+        options = [_type_schema(a) for a in get_args(tp) if a is not type(None)]
+        if type(None) in get_args(tp):
+            options.append({"type": "null"})
+        return options[0] if len(options) == 1 else {"anyOf": options}
+    if origin is tuple:
+        # The loader checks every item against the first argument: tuple[float, ...] or not.
+        return {"type": "array", "items": _type_schema(get_args(tp)[0])}
+    if dataclasses.is_dataclass(tp):
+        return _dataclass_schema(tp)
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        return {"type": "integer"}
+    if tp is float:
+        return {"type": "number"}  # an int is accepted where a float is expected
+    if tp is str:
+        return {"type": "string"}
+    if tp is dict:
+        return {"type": "object"}
+    if origin is dict:
+        args = get_args(tp)
+        return {"type": "object", "additionalProperties": _type_schema(args[1]) if len(args) == 2 else {}}
+    raise TypeError(f"kdflow.typed cannot describe {tp!r} in a JSON schema")  # nor can convert() load it
+
+
+def _dataclass_schema(cls: type) -> dict:
+    hints = typing.get_type_hints(cls)
+    comments = _field_comments(cls)
+    properties: dict[str, dict] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        prop = dict(_type_schema(hints[f.name]))
+        if f.name in comments:
+            prop["description"] = comments[f.name]
+        has_default, default = _plain_default(f)
+        if has_default:
+            prop["default"] = default
+        properties[f.name] = prop
+    schema: dict[str, Any] = {"type": "object", "title": cls.__name__}
+    description = _class_description(cls)
+    if description:
+        schema["description"] = description
+    schema["properties"] = properties
+    schema["additionalProperties"] = False
+    return schema
+
+
+def json_schema(cls: type) -> dict:
+    """JSON Schema (draft 2020-12) of the dataclass ``cls``, from the type hints ``from_dict`` uses.
+
+    Objects are closed (``additionalProperties: false``), ``Literal`` becomes ``enum``, ``X | None``
+    becomes ``anyOf`` with null, tuples become arrays (YAML lists) and ``dict[str, X]`` an object of
+    X; defaults are the dataclass defaults as plain data, descriptions the fields' source comments.
+    What a schema cannot say stays the loader's job: range checks in ``__post_init__``, and that
+    an integral float (``3.0``) is not an int.
+    """
+    if not dataclasses.is_dataclass(cls) or not isinstance(cls, type):
+        raise TypeError(f"json_schema needs a dataclass type, got {cls!r}")
+    return {"$schema": JSON_SCHEMA_DIALECT, **_dataclass_schema(cls)}

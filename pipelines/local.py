@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 
 def compile_pipeline(path: str) -> str:
@@ -17,20 +18,57 @@ def compile_pipeline(path: str) -> str:
 def run_local(pipeline_root: str, arguments: dict[str, Any]) -> str:
     """Run every task as a subprocess of this interpreter (kfp.local.SubprocessRunner); returns the
     MLflow run id. Raises when a task fails."""
-    import warnings
-
     from kfp import local
 
     from pipelines.distill_pipeline import distill_pipeline
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
+    with _local_warnings_ignored():
+        return distill_pipeline(**arguments).output
+
+
+@contextlib.contextmanager
+def _local_warnings_ignored() -> Iterator[None]:
+    import warnings
+
     with warnings.catch_warnings():
         # Expected locally, and repeated for every task: the tasks name container images (for the
         # cluster) while the subprocess runner uses this interpreter; display names are cluster-only.
         warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner",
                                 category=UserWarning)
-        return distill_pipeline(**arguments).output
+        yield
+
+
+def compile_sweep(path: str) -> str:
+    """The sweep pipeline for a cluster (up to ``CLUSTER_PARALLELISM`` trials at a time)."""
+    from kfp import compiler
+
+    from pipelines.sweep_pipeline import sweep_pipeline
+
+    compiler.Compiler().compile(sweep_pipeline, package_path=path)
+    return path
+
+
+def run_sweep_local(pipeline_root: str, arguments: dict[str, Any]) -> str:
+    """Run the sweep pipeline with kfp.local, one trial at a time (``LOCAL_PARALLELISM``); returns the
+    MLflow run id of the winning trial (its ``mlflow.parentRunId`` tag names the sweep's parent run).
+    Raises when a task fails (the exit task has then marked the sweep's runs FAILED)."""
+    import uuid
+
+    from kfp import local
+
+    from kdflow.sweep.summary import SweepTag, find_parent
+    from pipelines.sweep_pipeline import LOCAL_PARALLELISM, make_sweep_pipeline
+
+    arguments = {"sweep_id": f"sweep-{uuid.uuid4().hex[:12]}", **arguments}
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
+    with _local_warnings_ignored():
+        make_sweep_pipeline(LOCAL_PARALLELISM)(**arguments)
+    parent = find_parent(arguments["sweep_id"], arguments.get("tracking_uri") or None)
+    if parent is None or SweepTag.BEST_RUN_ID not in parent.data.tags:
+        raise RuntimeError(f"sweep {arguments['sweep_id']} finished without naming a winner")
+    return parent.data.tags[SweepTag.BEST_RUN_ID]
 
 
 def retarget_images(path: str, prefix: str) -> None:

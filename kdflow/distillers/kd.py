@@ -1,34 +1,45 @@
-"""Hinton KD from the teacher's cached soft labels (or the teacher online) (``kdflow.losses.kd``, arXiv:1503.02531)."""
+"""Hinton KD (``kdflow.losses.kd``, arXiv:1503.02531), optionally on standardized logits
+(``kdflow.losses.logit_std``, Sun et al., CVPR 2024), from the cached soft labels or the teacher online."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from kdflow.distillers.base import Distiller
+from kdflow.distillers.base import Distiller, Outputs
+from kdflow.distillers.options import fraction, positive
 from kdflow.distillers.registry import register_distiller
-from kdflow.errors import ConfigError
-from kdflow.losses import kd_loss
+from kdflow.losses import kd_loss, standardize
 
 
 @register_distiller("kd")
 class KD(Distiller):
+    description = "Hinton KD: KL to the teacher's softened outputs (Hinton et al. 2015)"
+
     @dataclass(frozen=True)
     class Options:
         temperature: float = 4.0
         alpha: float = 0.9  # weight of the distillation term; 1 - alpha weighs cross-entropy
+        # Z-score student and teacher logits per row before the temperature (Sun et al., CVPR 2024):
+        # the student matches the teacher's logit relations, not their scale.
+        logit_standardization: bool = False
 
         def __post_init__(self) -> None:
-            if self.temperature <= 0:
-                raise ConfigError(f"distill.options.temperature is {self.temperature}", "use T > 0")
-            if not 0.0 <= self.alpha <= 1.0:
-                raise ConfigError(f"distill.options.alpha is {self.alpha}", "use alpha in [0, 1]")
+            positive("temperature", self.temperature)
+            fraction("alpha", self.alpha)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.student(batch["image"])
-        kd = kd_loss(logits, self.teacher_logits(batch, self.options.temperature), self.options.temperature)
-        ce = F.cross_entropy(logits.float(), batch["label"])
-        loss = self.options.alpha * kd + (1.0 - self.options.alpha) * ce
-        return {"loss": loss, "output": logits, "kd": kd.detach(), "ce": ce.detach()}
+    mixing_options = ("alpha",)
+
+    def task_weight(self) -> float:
+        return 1.0 - self.options.alpha
+
+    def distill_weight(self) -> float:
+        return self.options.alpha
+
+    def distill_loss(self, batch: dict[str, Any], student: Outputs) -> dict[str, torch.Tensor]:
+        o = self.options
+        s = standardize(student.logits) if o.logit_standardization else student.logits
+        kd = kd_loss(s, self.teacher_logits(batch, o.temperature, o.logit_standardization), o.temperature)
+        return {"loss": kd, "kd": kd.detach()}

@@ -16,6 +16,8 @@ def register_distiller(name: str) -> Callable[[type[Distiller]], type[Distiller]
     def wrap(cls: type[Distiller]) -> type[Distiller]:
         if name in _DISTILLERS:
             raise ValueError(f"distiller '{name}' is registered twice")
+        if not cls.description:
+            raise ValueError(f"distiller '{name}' has no one-line description")
         cls.method_name = name
         _DISTILLERS[name] = cls
         return cls
@@ -25,6 +27,11 @@ def register_distiller(name: str) -> Callable[[type[Distiller]], type[Distiller]
 
 def list_distillers() -> list[str]:
     return sorted(_DISTILLERS)
+
+
+def describe_distillers() -> dict[str, str]:
+    """Every method's one-line description, by name."""
+    return {name: _DISTILLERS[name].description for name in list_distillers()}
 
 
 def get_distiller_class(name: str) -> type[Distiller]:

@@ -37,7 +37,7 @@ from kdflow import __version__
 from kdflow.data.shards import DatasetManifest
 from kdflow.digest import digest_of, pack_arrays, sha256_bytes, unpack_arrays
 from kdflow.errors import CacheError, KdflowError
-from kdflow.softlabels.codec import dense
+from kdflow.softlabels.codec import dense, standardized_dense
 from kdflow.softlabels.views import IDENTITY, View
 from kdflow.storage import join, storage_for
 
@@ -82,9 +82,11 @@ class SoftRows:
     tail_mean: torch.Tensor
     num_classes: int
 
-    def logits(self, temperature: float = 1.0) -> torch.Tensor:
-        """Dense teacher logits for softmax(z / temperature): float32 [B, num_classes]."""
-        return dense(self.values, self.index, self.tail_lse, self.tail_mean, self.num_classes, temperature)
+    def logits(self, temperature: float = 1.0, standardized: bool = False) -> torch.Tensor:
+        """Dense teacher logits for softmax(z / temperature): float32 [B, num_classes]; z-scored
+        per row first when ``standardized`` (logit standardization)."""
+        rebuild = standardized_dense if standardized else dense
+        return rebuild(self.values, self.index, self.tail_lse, self.tail_mean, self.num_classes, temperature)
 
 
 @dataclass(frozen=True)

@@ -94,9 +94,12 @@ def dense(
     tail_lse: torch.Tensor,
     tail_mean: torch.Tensor,
     num_classes: int,
-    temperature: float = 1.0,
+    temperature: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     """Rebuild full logit rows for ``softmax(z / temperature)``.
+
+    ``temperature`` is a number, or one per row (float [B]) when each row is softened differently
+    (logit standardization divides each row by its own standard deviation).
 
     values/index [B, k], tail_lse/tail_mean [B] -> float32 [B, num_classes]. The kept logits are
     scattered exactly; the num_classes - k others all get ``t_T = tail_mean + (tail_lse -
@@ -104,9 +107,9 @@ def dense(
     module docstring). The result is meant to be divided by the same ``temperature`` before the
     softmax. When k >= num_classes the values are scattered exactly and there is no tail.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
     values = torch.as_tensor(values).float()
+    if not bool((torch.as_tensor(temperature) > 0).all()):
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     index = torch.as_tensor(index, device=values.device).long()
     k = values.shape[-1]
     lead = values.shape[:-1]
@@ -123,3 +126,37 @@ def dense(
     tail = torch.minimum(tail, values.min(dim=-1).values)
     out = tail.unsqueeze(-1).expand(*lead, num_classes).clone()
     return out.scatter_(-1, index, values)
+
+
+def standardized_dense(
+    values: torch.Tensor,
+    index: torch.Tensor,
+    tail_lse: torch.Tensor,
+    tail_mean: torch.Tensor,
+    num_classes: int,
+    temperature: float = 1.0,
+    eps: float = 1e-7,
+) -> torch.Tensor:
+    """Rebuild z-scored logit rows ``(z - mean) / (std + eps)`` for ``softmax(z' / temperature)``
+    (logit standardization, Sun et al., CVPR 2024; see ``kdflow.losses.logit_std``).
+
+    values/index [B, k], tail_lse/tail_mean [B] -> float32 [B, num_classes]. Exact when
+    k >= num_classes. Otherwise the row's mean is exact (the tail's mean is stored) and its
+    (unbiased) variance uses the Gaussian-tail model's tail variance ``s2 = 2 * (tail_lse - log n -
+    tail_mean)``; softmax(z' / T) = softmax(z / (T * (std + eps))), so the tail is rebuilt for that
+    per-row temperature, where the tail model is at its most accurate (large effective T).
+    """
+    values = torch.as_tensor(values).float()
+    k = values.shape[-1]
+    if k >= num_classes:
+        z = dense(values, index, tail_lse, tail_mean, num_classes)
+        return (z - z.mean(-1, keepdim=True)) / (z.std(-1, keepdim=True) + eps)
+    n = num_classes - k
+    tail_lse = torch.as_tensor(tail_lse, device=values.device).float()
+    tail_mean = torch.as_tensor(tail_mean, device=values.device).float()
+    s2 = 2.0 * (tail_lse - math.log(n) - tail_mean).clamp(min=0.0)  # [B]
+    mean = (values.sum(-1) + n * tail_mean) / num_classes  # [B]
+    sum_sq = (values * values).sum(-1) + n * (tail_mean * tail_mean + s2)
+    std = ((sum_sq - num_classes * mean * mean).clamp(min=0.0) / (num_classes - 1)).sqrt() + eps  # [B]
+    z = dense(values, index, tail_lse, tail_mean, num_classes, temperature * std)
+    return (z - mean.unsqueeze(-1)) / std.unsqueeze(-1)

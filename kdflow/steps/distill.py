@@ -14,7 +14,8 @@ from kdflow.evaluation import accuracy
 from kdflow.distillers import build_distiller
 from kdflow.errors import CacheError
 from kdflow.models import Classifier, create_model
-from kdflow.models.loading import TeacherSource, save_checkpoint
+from kdflow.models.features import eager_twin, is_compiled
+from kdflow.models.loading import Frozen, TeacherSource, save_checkpoint
 from kdflow.softlabels.cache import SoftLabelCache
 from kdflow.softlabels.ref import SoftLabelRef
 from kdflow.tracking import Tag
@@ -46,8 +47,14 @@ def run_distillation(
     out_dir: str,
     tracking_uri: str | None,
     pipeline_run: str = "",
+    parent_run_id: str = "",
+    run_name: str = "",
 ) -> dict:
-    """Train the student; write ``student.pt`` to ``out_dir``; log the run and model to MLflow."""
+    """Train the student; write ``student.pt`` to ``out_dir``; log the run and model to MLflow.
+
+    ``parent_run_id`` makes the run a child of that MLflow run (a sweep's trials); ``run_name``
+    defaults to ``<method>-<student arch>``.
+    """
     import mlflow
 
     from kdflow import tracking
@@ -78,7 +85,15 @@ def run_distillation(
     torch.manual_seed(cfg.train.seed)  # the student's initial weights depend on the seed alone
     student = Classifier(create_model(cfg.student.arch, dataset.num_classes), dataset.mean, dataset.std)
     distiller = build_distiller(cfg.distill.method, student, teacher, cfg.distill.options)
+    if distiller.teacher_layers() and is_compiled(teacher):
+        # Hooks do not fire inside TorchScript or exported code: read the features of an eager copy.
+        probe = to_float_images(torch.from_numpy(train_arrays.images[:2]))
+        teacher = Frozen(eager_twin(teacher, cfg.teacher.arch, dataset.num_classes, probe, ref.teacher_uri))
+        distiller = build_distiller(cfg.distill.method, student, teacher, cfg.distill.options)
     train = ArrayBatches(train_arrays, cfg.train.batch_size, device, soft_train, cfg.augment)
+    # Before the MLflow run starts: a layer that does not exist or cannot be connected fails here,
+    # leaving no run behind (fit() calls it again; it builds what it builds once).
+    distiller.to(device).prepare(train.example())
     val = ArrayBatches(val_arrays, cfg.teacher.batch_size, device) if val_arrays is not None else None
     teacher_val_top1 = soft_val.top1() if soft_val is not None else None
 
@@ -90,7 +105,8 @@ def run_distillation(
         return out
 
     exp = tracking.experiment_id(cfg.registry.experiment, tracking_uri)
-    with mlflow.start_run(experiment_id=exp, run_name=f"{cfg.distill.method}-{cfg.student.arch}") as run:
+    with mlflow.start_run(experiment_id=exp, run_name=run_name or f"{cfg.distill.method}-{cfg.student.arch}",
+                          parent_run_id=parent_run_id or None) as run:
         tracking.log_config(cfg)
         tracking.set_tags({**_tags(dataset, ref, pipeline_run), Tag.METHOD: cfg.distill.method,
                            Tag.STUDENT_ARCH: cfg.student.arch, Tag.DEVICE: str(device),

@@ -55,6 +55,10 @@ class ArrayBatches:
     def replays_views(self) -> bool:
         return self.soft is not None and self.soft.params is not None
 
+    def example(self, n: int = 8) -> torch.Tensor:
+        """The first ``n`` plain pictures, float [n, C, H, W] on the device (for shape probes)."""
+        return to_float_images(self.images[:n])
+
     def steps_per_epoch(self) -> int:
         """Batches in a shuffled pass (the last short batch is dropped when there is a full one)."""
         return max(1, len(self) // self.batch_size)

@@ -80,6 +80,8 @@ def fit(
     device = train.device
     seed_everything(cfg.seed)
     distiller.to(device)
+    # Before the optimizer and any checkpoint: a method may build modules sized by the features.
+    distiller.prepare(train.example())
     optimizer = make_optimizer(list(distiller.trainable_parameters()), cfg)
     total = cfg.epochs * train.steps_per_epoch()
     warmup = cfg.warmup_epochs * train.steps_per_epoch()
@@ -98,6 +100,7 @@ def fit(
 
     for epoch in range(start_epoch, cfg.epochs):
         distiller.train()
+        distiller.start_epoch(epoch)
         sums: dict[str, float] = {}
         seen = correct = 0
         for step, batch in enumerate(train.batches(epoch=epoch, seed=cfg.seed)):

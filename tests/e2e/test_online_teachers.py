@@ -6,6 +6,7 @@ Tracking goes to a SQLite MLflow store (the registry included), no server needed
 """
 
 import mlflow
+import mlflow.pytorch
 import pytest
 import torch
 import yaml
@@ -79,3 +80,51 @@ def test_online_kd_with_every_teacher_kind(kind, tmp_path, tiny_data, tiny_teach
     run = mlflow.get_run(result["run_id"])
     assert run.data.tags["kdflow.teacher_mode"] == "online"
     assert 0 < run.data.metrics["train_kd"] < 10 and run.data.metrics["val_agreement"] > 0.5
+
+
+HINT = {"method": "hint", "options": {"pairs": [{"teacher": "stages.1", "student": "stages.1", "weight": 1.0}]}}
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "state_dict", "mlflow"])
+def test_hint_reads_the_layers_of_every_teacher_kind(kind, tmp_path, tiny_data, tiny_teacher, tiny_config_yaml,
+                                                     monkeypatch):
+    """Forward hooks need eager modules: a compiled teacher (TorchScript, an exported models:/ program)
+    is refused with the fix until teacher.arch is named, then rebuilt from its weights."""
+    from kdflow.errors import KdflowError
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    teacher_uri, teacher_lines = _teacher(kind, tiny_teacher, tmp_path, tracking_uri)
+    base = yaml.safe_load(tiny_config_yaml)
+    teacher_cfg = {**base["teacher"], **yaml.safe_load(teacher_lines)["teacher"]}
+    teacher_cfg.pop("arch")
+    doc = {**base, "teacher": teacher_cfg, "distill": HINT, "train": {**base["train"], "epochs": 2},
+           "registry": {**base["registry"], "experiment": f"hint-{kind}"}}
+    if kind == "state_dict":
+        doc["teacher"]["arch"] = "convnet_s"
+    preprocess(str(tiny_data), str(tmp_path / "ds"), Config.from_dict(doc).data)
+    run_teacher_inference(str(tmp_path / "ds"), teacher_uri, yaml.safe_dump(doc), str(tmp_path / "cache"),
+                          str(tmp_path / "ref"))
+    if kind != "state_dict":
+        with pytest.raises(KdflowError, match="compiled code") as err:
+            run_distillation(str(tmp_path / "ds"), str(tmp_path / "ref"), yaml.safe_dump(doc), str(tmp_path / "x"),
+                             tracking_uri)
+        assert "teacher.arch" in err.value.fix
+        assert mlflow.get_experiment_by_name(f"hint-{kind}") is None or not mlflow.search_runs(
+            experiment_names=[f"hint-{kind}"]).shape[0]  # a refused run leaves no MLflow run behind
+        doc["teacher"]["arch"] = "convnet_s"
+    result = run_distillation(str(tmp_path / "ds"), str(tmp_path / "ref"), yaml.safe_dump(doc), str(tmp_path / "out"),
+                              tracking_uri)
+    run = mlflow.get_run(result["run_id"])
+    assert run.data.tags["kdflow.teacher_mode"] == "online" and run.data.metrics["train_hint"] > 0
+    # The student that is saved and logged has no connector.
+    from kdflow.models import create_model
+
+    bare = set(create_model("convnet_xs", 3).state_dict())  # the student's architecture, nothing more
+    saved = torch.load(tmp_path / "out" / "student.pt", weights_only=True)["state_dict"]
+    assert set(saved) == bare
+    logged = mlflow.pytorch.load_model(result["model_uri"])
+    assert set(logged.state_dict()) == {f"net.{k}" for k in bare} | {"mean", "std"}
+    # ...while training did build and train a connector (it is in the training checkpoint).
+    checkpoint = torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert any(k.startswith("connectors.0.proj.0") for k in checkpoint)

@@ -27,12 +27,21 @@ def _arrays(n_per_class=12):
     return SplitArrays(np.stack(images), np.array(labels), np.array([f"{i:016x}" for i in range(len(labels))]))
 
 
-def _train(cfg, checkpoint_dir=None):
+HINT = {"pairs": [{"teacher": "stages.1", "student": "stages.0", "weight": 1.0}]}
+
+
+def _train(cfg, checkpoint_dir=None, method="ce", out=None):
+    from kdflow.typed import from_dict
+
     torch.manual_seed(0)
     student = Classifier(create_model("convnet_xs", 3), (0.5,) * 3, (0.25,) * 3)
-    distiller = build_distiller("ce", student, None, get_distiller_class("ce").Options())
+    teacher = Classifier(create_model("convnet_s", 3), (0.5,) * 3, (0.25,) * 3) if method != "ce" else None
+    options = from_dict(get_distiller_class(method).Options, HINT if method == "hint" else {})
+    distiller = build_distiller(method, student, teacher, options)
     batches = ArrayBatches(_arrays(), cfg.batch_size, torch.device("cpu"))
     metrics = fit(distiller, batches, cfg, checkpoint_dir=checkpoint_dir)
+    if out is not None:
+        out.append(distiller)
     return student, metrics
 
 
@@ -44,8 +53,10 @@ def test_same_seed_same_weights_and_it_learns():
     assert metrics["train_accuracy"] > 0.6  # 3 easy classes, chance is 1/3
 
 
-def test_resume_mid_run_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    straight, _ = _train(CFG)
+@pytest.mark.parametrize("method", ["ce", "hint"])  # hint: its connectors are restored too
+def test_resume_mid_run_matches_an_uninterrupted_run(method, tmp_path, monkeypatch):
+    runs = []
+    straight, _ = _train(CFG, method=method, out=runs)
     import kdflow.training.trainer as trainer
 
     real_save, saves = trainer._save, []
@@ -58,12 +69,14 @@ def test_resume_mid_run_matches_an_uninterrupted_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "_save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        _train(CFG, checkpoint_dir=str(tmp_path))
+        _train(CFG, checkpoint_dir=str(tmp_path), method=method)
     monkeypatch.setattr(trainer, "_save", real_save)
-    resumed, _ = _train(CFG, checkpoint_dir=str(tmp_path))
+    resumed, _ = _train(CFG, checkpoint_dir=str(tmp_path), method=method, out=runs)
     assert saves == [0]
-    for (name, pa), (_, pb) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+    for (name, pa), (_, pb) in zip(runs[0].checkpoint_state().items(), runs[1].checkpoint_state().items(),
+                                   strict=True):
         assert torch.equal(pa, pb), name
+    assert (method == "hint") == any(k.startswith("connectors.") for k in runs[1].checkpoint_state())
 
 
 def test_frozen_teacher_stays_in_eval_mode():

@@ -1,0 +1,188 @@
+"""Sweep steps: open the MLflow parent run before the trials train, pick the winner after.
+
+The trials themselves are the distill step (``run_distillation`` with ``parent_run_id``), one per
+trial config, all replaying the soft labels one teacher-inference step wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from kdflow.config import Config
+from kdflow.data.shards import DatasetManifest
+from kdflow.errors import ConfigError, DataError, KdflowError
+from kdflow.logs import setup_logging
+from kdflow.sweep.plan import SweepPlan
+from kdflow.sweep.report import TrialResult, plot_trials, ranked, table_markdown, trial_table
+from kdflow.sweep.summary import SweepTag
+from kdflow.tracking import Tag
+
+log = logging.getLogger(__name__)
+
+VAL_FIX = "set data.val_fraction > 0 (or give the data a val/ folder): a sweep picks its winner on the validation split"
+
+
+def _check_labelling(cfg: Config, plan: SweepPlan) -> None:
+    """The ``config`` the teacher labelled with must describe the cache entry the trials replay."""
+    want = plan.labelling_config()
+    same = (cfg.data, cfg.teacher, cfg.augment) == (want.data, want.teacher, want.augment)
+    if not same or cfg.cached_views() != want.cached_views():
+        raise ConfigError("the pipeline's config is not the sweep's labelling config: the teacher would label "
+                          "other views than the trials replay",
+                          f"pass config = the config of trial {plan.labelling} of the plan in trials")
+
+
+def start_sweep(dataset_dir: str, config_yaml: str, trials_json: str, tracking_uri: str | None,
+                pipeline_run: str = "", sweep_id: str = "") -> dict:
+    """Create the sweep's MLflow parent run (left RUNNING until ``select_best`` finishes it, or
+    ``close_sweep`` fails it), tagged with ``sweep_id`` (default: the pipeline run's name), and log
+    the sweep file, the plan and the labelling config to it. Returns {"parent_run_id", "trials": one
+    item per trial for the pipeline's loop: run_name, config (YAML), parent_run_id, pipeline_run}."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    from kdflow import tracking
+
+    setup_logging()
+    cfg = Config.from_yaml(config_yaml)
+    plan = SweepPlan.from_json(trials_json)
+    _check_labelling(cfg, plan)
+    dataset = DatasetManifest.open(dataset_dir)
+    if not dataset.count("val"):  # refused before any trial trains, not after
+        raise DataError("the dataset has no validation split to choose the sweep's winner on", VAL_FIX)
+    tracking_uri = tracking.use_tracking(tracking_uri)
+    exp = tracking.experiment_id(cfg.registry.experiment, tracking_uri)
+    client = MlflowClient()
+    run = client.create_run(exp, run_name=f"sweep-{len(plan.trials)}-trials", tags={
+        SweepTag.SWEEP: "true", SweepTag.ID: sweep_id or pipeline_run, SweepTag.METRIC: plan.metric, SweepTag.TRIALS: str(len(plan.trials)),
+        Tag.PIPELINE_RUN: pipeline_run, Tag.DATASET_FINGERPRINT: dataset.fingerprint})
+    run_id = run.info.run_id
+    params = {"sweep.strategy": plan.strategy, "sweep.metric": plan.metric, "sweep.trials": len(plan.trials),
+              "sweep.swept": ", ".join(plan.swept), "sweep.labelling_trial": plan.trials[plan.labelling].name}
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    client.log_dict(run_id, plan.spec, "sweep/spec.yaml")
+    client.log_text(run_id, trials_json, "sweep/plan.json")
+    client.log_text(run_id, cfg.to_yaml(), "sweep/labelling-config.yaml")
+    log.info("sweep: parent run %s, %d trial(s), winner by %s", run_id, len(plan.trials), plan.metric)
+    items = [{"run_name": t.name, "config": t.config.to_yaml(), "parent_run_id": run_id, "pipeline_run": pipeline_run}
+             for t in plan.trials]
+    return {"parent_run_id": run_id, "trials": items}
+
+
+def _final(client, run_id: str, metric: str) -> float | None:
+    """The value at the last logged step (the last epoch: the model the trial saved)."""
+    history = client.get_metric_history(run_id, metric)
+    return max(history, key=lambda m: (m.step, m.timestamp)).value if history else None
+
+
+def _results(client, parent_run_id: str, trial_run_ids: list[str], plan: SweepPlan) -> list[TrialResult]:
+    by_name = plan.by_name()
+    results: dict[str, TrialResult] = {}
+    for run_id in trial_run_ids:
+        run = client.get_run(run_id)
+        if run.data.tags.get(SweepTag.PARENT_RUN_ID) != parent_run_id:
+            raise KdflowError(f"run {run_id} is not a trial of the sweep {parent_run_id}",
+                              "pass the run ids the sweep's distill tasks returned")
+        trial = by_name.get(run.info.run_name)
+        if trial is None or trial.name in results:
+            raise KdflowError(f"run {run_id} ({run.info.run_name}) is not one of the plan's trials, or is twice",
+                              "pass each trial's run id once")
+        value = _final(client, run_id, plan.metric)
+        if value is None:
+            raise DataError(f"trial {trial.name} (run {run_id}) logged no {plan.metric}", VAL_FIX)
+        agreement = _final(client, run_id, "val_agreement")
+        seconds = (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None
+        results[trial.name] = TrialResult(trial.index, trial.name, run_id, plan.values(trial), value, agreement,
+                                          seconds)
+    missing = [name for name in by_name if name not in results]
+    if missing:
+        raise KdflowError(f"the sweep has no run for trial(s) {', '.join(missing)}", "pass every trial's run id")
+    return list(results.values())
+
+
+def _model_uri(run) -> str:
+    outputs = run.outputs.model_outputs if run.outputs else []
+    if not outputs:
+        raise KdflowError(f"the winning run {run.info.run_id} logged no model", "re-run the sweep")
+    return f"models:/{outputs[-1].model_id}"
+
+
+def select_best(parent_run_id: str, trial_run_ids: list[str], trials_json: str, tracking_uri: str | None,
+                trial_models: list[tuple[str, str]] | None = None, out_dir: str | None = None) -> dict:
+    """Pick the trial with the best final validation metric (ties: the lower index); log the trials'
+    table (trials.json, trials.md) and plot (sweep.png) to the parent run, rank every trial, name the
+    winner on the parent and finish it. Test metrics are never read.
+
+    ``trial_models``: (model folder, run id) of every trial; the winner's folder is copied to
+    ``out_dir`` (its student, without the training checkpoints), matched by run id, not by order.
+    Returns {"run_id", "model_uri", "config" (YAML), "index", "name", "metric", "value"} of the winner.
+    """
+    from mlflow import MlflowClient
+
+    from kdflow import tracking
+
+    setup_logging()
+    plan = SweepPlan.from_json(trials_json)
+    tracking.use_tracking(tracking_uri)
+    client = MlflowClient()
+    results = _results(client, parent_run_id, trial_run_ids, plan)
+    order = ranked(results)
+    best = order[0]
+    table = trial_table(results, plan.swept, plan.metric)
+    with tempfile.TemporaryDirectory() as tmp:
+        plot_trials(results, plan.swept, plan.metric, Path(tmp) / "sweep.png")
+        client.log_artifact(parent_run_id, str(Path(tmp) / "sweep.png"))
+    client.log_table(parent_run_id, data=table, artifact_file="trials.json")
+    client.log_text(parent_run_id, table_markdown(table), "trials.md")
+    for rank, result in enumerate(order, 1):
+        client.set_tag(result.run_id, SweepTag.RANK, str(rank))
+    client.set_tag(parent_run_id, SweepTag.BEST_RUN_ID, best.run_id)
+    client.set_tag(parent_run_id, SweepTag.BEST_TRIAL, best.name)
+    client.log_metric(parent_run_id, f"best_{plan.metric}", best.metric)
+    client.set_terminated(parent_run_id, "FINISHED")
+    log.info("sweep: winner %s (run %s), %s %.4f", best.name, best.run_id, plan.metric, best.metric)
+    if trial_models is not None and out_dir is not None:
+        folder = next((path for path, run_id in trial_models if run_id == best.run_id), None)
+        if folder is None:
+            raise KdflowError(f"no trial model belongs to the winning run {best.run_id}",
+                              "pass every trial's model folder with its run id")
+        # The student is what evaluation and registration need; the checkpoints stay with the trial.
+        shutil.copytree(folder, out_dir, ignore=shutil.ignore_patterns("checkpoints"), dirs_exist_ok=True)
+    trial = plan.trials[best.index]
+    return {"run_id": best.run_id, "model_uri": _model_uri(client.get_run(best.run_id)),
+            "config": trial.config.to_yaml(), "index": best.index, "name": best.name, "metric": plan.metric,
+            "value": best.metric}
+
+
+def close_sweep(sweep_id: str, tracking_uri: str | None, state: str, error: str | None = None) -> list[str]:
+    """The sweep pipeline's exit step: when the pipeline did not succeed, mark the sweep's parent run
+    (and any trial still RUNNING) FAILED, so a failed sweep leaves no run that looks in progress.
+    Returns the ids of the runs it closed."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from kdflow import tracking
+    from kdflow.sweep.summary import find_parent
+
+    setup_logging()
+    if state == "SUCCEEDED":
+        return []
+    tracking.use_tracking(tracking_uri)
+    parent = find_parent(sweep_id)
+    if parent is None:  # it failed before start-sweep made the parent run: nothing to close
+        log.warning("sweep %s ended %s before its parent run was made", sweep_id, state)
+        return []
+    client = MlflowClient()
+    children = mlflow.search_runs(experiment_ids=[parent.info.experiment_id], output_format="list",
+                                  filter_string=f"tags.`{SweepTag.PARENT_RUN_ID}` = '{parent.info.run_id}'")
+    closed = []
+    for run in [parent, *children]:
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, SweepTag.ERROR, (error or state)[:5000])
+            client.set_terminated(run.info.run_id, "FAILED")
+            closed.append(run.info.run_id)
+    log.warning("sweep %s ended %s: marked FAILED %s", sweep_id, state, closed)
+    return closed

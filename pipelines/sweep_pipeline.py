@@ -1,0 +1,77 @@
+"""preprocess -> [teacher adaptation] -> teacher inference (once) -> start sweep -> trials in parallel
+(distillation, one per trial config) -> select the best on validation -> evaluation -> registration."""
+
+from kfp import dsl
+
+from components.adapt_teacher import adapt_teacher
+from components.distill import distill
+from components.evaluate import evaluate
+from components.finish_sweep import finish_sweep
+from components.preprocess import preprocess
+from components.register import register
+from components.select_trial import select_trial
+from components.start_sweep import start_sweep
+from components.teacher_inference import teacher_inference
+
+PIPELINE_NAME = "kdflow-sweep"
+# How many trials train at once. On a cluster each trial is a pod with its own GPU: 8 bounds what one
+# sweep claims from a shared pool. On one machine (kfp.local) trials would share its CPU cores or GPU:
+# each training process already uses every core, so two at once only contend (and kfp.local runs at
+# most 2 loop iterations at a time whatever is asked), hence 1 there.
+CLUSTER_PARALLELISM = 8
+LOCAL_PARALLELISM = 1
+
+
+def make_sweep_pipeline(parallelism: int = CLUSTER_PARALLELISM):
+    """The sweep pipeline with ``parallelism`` trials at a time (fixed when the spec is built: KFP
+    takes it as a number in the spec, not as a run parameter)."""
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Distil many students from one teacher run; register the best.")
+    def sweep_pipeline(data_uri: str, teacher_uri: str, config: str, trials: str, cache_uri: str,
+                       tracking_uri: str = "", sweep_id: str = ""):
+        """``config`` is the labelling config (the trial config the teacher labels with) as YAML;
+        ``trials`` is the sweep plan as JSON (kdflow sweep writes both); an empty ``tracking_uri`` means
+        the steps' MLFLOW_TRACKING_URI. ``sweep_id`` tags the MLflow parent run (empty: the pipeline
+        run's name); the winner is its tag kdflow.sweep.best_run_id. Nothing is returned: KFP takes
+        pipeline outputs only from outside the exit handler, and everything runs inside it."""
+        # A failed sweep must not leave its parent run looking in progress: the exit task closes it.
+        # (It finds the parent by the sweep's id: an exit task takes no other task's output.)
+        finish = finish_sweep(sweep_id=sweep_id, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                              tracking_uri=tracking_uri)
+        finish.set_display_name("finish-sweep")
+        with dsl.ExitHandler(finish, name="sweep"):
+            prep = preprocess(data_uri=data_uri, config=config).set_display_name("preprocess")
+            adapt = adapt_teacher(dataset=prep.outputs["dataset"], teacher_uri=teacher_uri, config=config,
+                                  cache_uri=cache_uri).set_display_name("teacher-adaptation")
+            labels = teacher_inference(dataset=prep.outputs["dataset"], teacher_uri=adapt.output, config=config,
+                                       cache_uri=cache_uri).set_display_name("teacher-inference")
+            for gpu_task in (adapt, labels):
+                gpu_task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+            # After the labels: a teacher that fails leaves no parent run behind.
+            start = start_sweep(dataset=prep.outputs["dataset"], config=config, trials=trials, tracking_uri=tracking_uri,
+                                pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                                sweep_id=sweep_id).after(labels)
+            start.set_display_name("start-sweep")
+            # The trials take the parent run id and the pipeline run's name from start-sweep's items, not
+            # as outputs or placeholders: see components/start_sweep.py (inside a loop kfp.local replaces
+            # other task outputs with the loop item and names the job "<run>/for-loop-1-iteration-<i>").
+            with dsl.ParallelFor(start.output, parallelism=parallelism) as trial:
+                train = distill(dataset=prep.outputs["dataset"], soft_labels=labels.outputs["soft_labels"],
+                                config=trial.config, tracking_uri=tracking_uri, pipeline_run=trial.pipeline_run,
+                                parent_run_id=trial.parent_run_id, run_name=trial.run_name
+                                ).set_display_name("trial")
+                train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+            pick = select_trial(models=dsl.Collected(train.outputs["model"]),
+                                run_ids=dsl.Collected(train.outputs["run_id"]), sweep=start.output, trials=trials,
+                                tracking_uri=tracking_uri).set_display_name("select-trial")
+            check = evaluate(dataset=prep.outputs["dataset"], soft_labels=labels.outputs["soft_labels"],
+                             model=pick.outputs["best"], config=pick.outputs["config"], tracking_uri=tracking_uri,
+                             run_id=pick.outputs["run_id"]).set_display_name("evaluation")
+            with dsl.If(check.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
+                register(run_id=pick.outputs["run_id"], model_uri=pick.outputs["model_uri"], config=pick.outputs["config"],
+                         tracking_uri=tracking_uri).set_display_name("registration")
+
+    return sweep_pipeline
+
+
+sweep_pipeline = make_sweep_pipeline()

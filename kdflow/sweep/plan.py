@@ -44,6 +44,10 @@ def value_at(data: dict, key: str) -> Any:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, (list, tuple, dict)):  # e.g. hint pairs: a short digest, not a long repr
+        from kdflow.digest import digest_of
+
+        return "#" + digest_of(value)[:6]
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 

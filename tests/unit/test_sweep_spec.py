@@ -210,3 +210,13 @@ def test_plot_has_one_subplot_per_swept_key_and_writes_a_png(tmp_path):
                                                     "train.lr"]
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["kd", "ce"]
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_trial_names_stay_short_for_list_values():
+    from kdflow.sweep.plan import trial_name
+
+    pairs_a = [{"teacher": "layer2", "student": "stages.1", "weight": 10.0}]
+    pairs_b = [{"teacher": "layer2", "student": "stages.1", "weight": 100.0}]
+    a = trial_name(0, {"distill.method": "hint", "distill.options.pairs": pairs_a}, 2)
+    b = trial_name(1, {"distill.method": "hint", "distill.options.pairs": pairs_b}, 2)
+    assert a.startswith("t00-hint-pairs#") and len(a) < 30 and a[4:] != b[4:]

@@ -33,6 +33,8 @@ def _part_options(name: str, value: Any) -> Any:
     with the cross-entropy (which the global weights replace) is refused rather than ignored."""
     cls = get_distiller_class(name)
     key = f"distill.options.methods.{name}"
+    if value is not None and not dataclasses.is_dataclass(value) and not isinstance(value, dict):
+        return from_dict(cls.Options, value, key)  # raises: says the key must be a mapping
     given = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else (value or {})
     for option in cls.mixing_options:
         # A value equal to the default is what a resolved config writes back out: let it round-trip.

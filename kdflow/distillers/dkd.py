@@ -46,11 +46,11 @@ class DKD(Distiller):
 
     @classmethod
     def check_run(cls, options: Any, run: Any, key: str = "distill.options") -> None:
-        if options.warmup_epochs >= run.train.epochs:
+        if options.warmup_epochs > run.train.epochs:
             raise ConfigError(
                 f"{key}.warmup_epochs is {options.warmup_epochs} but train.epochs is {run.train.epochs}: "
                 "the distillation term would never reach its full weight",
-                f"use fewer warm-up epochs (the paper ramps over 20 of 240 epochs, "
+                f"use at most train.epochs warm-up epochs (the paper ramps over 20 of 240 epochs, "
                 f"about {max(1, round(run.train.epochs / 12))} of {run.train.epochs})",
             )
 

@@ -54,6 +54,11 @@ def start_sweep(dataset_dir: str, config_yaml: str, trials_json: str, tracking_u
     if not dataset.count("val"):  # refused before any trial trains, not after
         raise DataError("the dataset has no validation split to choose the sweep's winner on", VAL_FIX)
     tracking_uri = tracking.use_tracking(tracking_uri)
+    from kdflow.sweep.summary import find_parent
+
+    if find_parent(sweep_id or pipeline_run) is not None:
+        raise ConfigError(f"a sweep with id '{sweep_id or pipeline_run}' already exists in MLflow",
+                          "give each sweep run its own sweep_id (kdflow sweep makes a fresh one)")
     exp = tracking.experiment_id(cfg.registry.experiment, tracking_uri)
     client = MlflowClient()
     run = client.create_run(exp, run_name=f"sweep-{len(plan.trials)}-trials", tags={
@@ -137,13 +142,8 @@ def select_best(parent_run_id: str, trial_run_ids: list[str], trials_json: str, 
         client.log_artifact(parent_run_id, str(Path(tmp) / "sweep.png"))
     client.log_table(parent_run_id, data=table, artifact_file="trials.json")
     client.log_text(parent_run_id, table_markdown(table), "trials.md")
-    for rank, result in enumerate(order, 1):
-        client.set_tag(result.run_id, SweepTag.RANK, str(rank))
-    client.set_tag(parent_run_id, SweepTag.BEST_RUN_ID, best.run_id)
-    client.set_tag(parent_run_id, SweepTag.BEST_TRIAL, best.name)
-    client.log_metric(parent_run_id, f"best_{plan.metric}", best.metric)
-    client.set_terminated(parent_run_id, "FINISHED")
-    log.info("sweep: winner %s (run %s), %s %.4f", best.name, best.run_id, plan.metric, best.metric)
+    # What can still fail comes before the parent is marked finished with a winner.
+    model_uri = _model_uri(client.get_run(best.run_id))
     if trial_models is not None and out_dir is not None:
         folder = next((path for path, run_id in trial_models if run_id == best.run_id), None)
         if folder is None:
@@ -151,13 +151,20 @@ def select_best(parent_run_id: str, trial_run_ids: list[str], trials_json: str, 
                               "pass every trial's model folder with its run id")
         # The student is what evaluation and registration need; the checkpoints stay with the trial.
         shutil.copytree(folder, out_dir, ignore=shutil.ignore_patterns("checkpoints"), dirs_exist_ok=True)
+    for rank, result in enumerate(order, 1):
+        client.set_tag(result.run_id, SweepTag.RANK, str(rank))
+    client.set_tag(parent_run_id, SweepTag.BEST_RUN_ID, best.run_id)
+    client.set_tag(parent_run_id, SweepTag.BEST_TRIAL, best.name)
+    client.log_metric(parent_run_id, f"best_{plan.metric}", best.metric)
+    client.set_terminated(parent_run_id, "FINISHED")
+    log.info("sweep: winner %s (run %s), %s %.4f", best.name, best.run_id, plan.metric, best.metric)
     trial = plan.trials[best.index]
-    return {"run_id": best.run_id, "model_uri": _model_uri(client.get_run(best.run_id)),
-            "config": trial.config.to_yaml(), "index": best.index, "name": best.name, "metric": plan.metric,
-            "value": best.metric}
+    return {"run_id": best.run_id, "model_uri": model_uri, "config": trial.config.to_yaml(), "index": best.index,
+            "name": best.name, "metric": plan.metric, "value": best.metric}
 
 
-def close_sweep(sweep_id: str, tracking_uri: str | None, state: str, error: str | None = None) -> list[str]:
+def close_sweep(sweep_id: str, tracking_uri: str | None, state: str, error: str | None = None,
+                pipeline_run: str = "") -> list[str]:
     """The sweep pipeline's exit step: when the pipeline did not succeed, mark the sweep's parent run
     (and any trial still RUNNING) FAILED, so a failed sweep leaves no run that looks in progress.
     Returns the ids of the runs it closed."""
@@ -175,7 +182,15 @@ def close_sweep(sweep_id: str, tracking_uri: str | None, state: str, error: str 
     if parent is None:  # it failed before start-sweep made the parent run: nothing to close
         log.warning("sweep %s ended %s before its parent run was made", sweep_id, state)
         return []
+    if pipeline_run and parent.data.tags.get(Tag.PIPELINE_RUN) != pipeline_run:
+        # Another pipeline run's sweep (this one was refused for reusing its id): not ours to touch.
+        log.warning("sweep %s ended %s; its id belongs to pipeline run %s", sweep_id, state,
+                    parent.data.tags.get(Tag.PIPELINE_RUN))
+        return []
     client = MlflowClient()
+    # A sweep that failed after selection (evaluation, registration) keeps its FINISHED parent and
+    # winner, and says why the pipeline failed.
+    client.set_tag(parent.info.run_id, SweepTag.ERROR, (error or state)[:5000])
     children = mlflow.search_runs(experiment_ids=[parent.info.experiment_id], output_format="list",
                                   filter_string=f"tags.`{SweepTag.PARENT_RUN_ID}` = '{parent.info.run_id}'")
     closed = []
@@ -184,5 +199,6 @@ def close_sweep(sweep_id: str, tracking_uri: str | None, state: str, error: str 
             client.set_tag(run.info.run_id, SweepTag.ERROR, (error or state)[:5000])
             client.set_terminated(run.info.run_id, "FAILED")
             closed.append(run.info.run_id)
-    log.warning("sweep %s ended %s: marked FAILED %s", sweep_id, state, closed)
+    if closed:
+        log.warning("sweep %s ended %s: marked FAILED %s", sweep_id, state, closed)
     return closed

@@ -280,3 +280,63 @@ def test_config_round_trips_every_method():
         again = Config.from_yaml(cfg.to_yaml())
         assert again.to_dict() == cfg.to_dict()
         assert cfg.teacher_mode() == {"ce": "none", "hint": "online"}.get(method, "offline")
+
+
+def test_config_load_checks_what_would_fail_later():
+    """Bad input is refused when the config loads, before a teacher runs or an MLflow run starts."""
+    from kdflow.config import Config
+
+    hint = {"method": "hint", "options": {"pairs": [{"teacher": "layer2", "student": "stage.1"}]}}
+    with pytest.raises(ConfigError, match=r"student \(convnet_xs, distill.options.pairs\[0\].student\)"):
+        Config.from_dict({"student": {"arch": "convnet_xs"}, "distill": hint})
+    hint["options"]["pairs"][0].update(student="stages.1", teacher="layer9")
+    with pytest.raises(ConfigError, match=r"teacher \(resnet8, distill.options.pairs\[0\].teacher\)"):
+        Config.from_dict({"teacher": {"arch": "resnet8"}, "distill": hint})
+    Config.from_dict({"distill": hint})  # no teacher.arch: the teacher's names are checked when it loads
+
+    dkd = {"method": "dkd", "options": {"warmup_epochs": 6}}
+    with pytest.raises(ConfigError, match="warmup_epochs is 6 but train.epochs is 5"):
+        Config.from_dict({"train": {"epochs": 5}, "distill": dkd})
+    Config.from_dict({"train": {"epochs": 6}, "distill": dkd})  # reaches full weight in the last epoch
+    combined = {"method": "combined", "options": {"weights": {"dkd": 1.0}, "methods": {"dkd": {"warmup_epochs": 6}}}}
+    with pytest.raises(ConfigError, match="distill.options.methods.dkd.warmup_epochs is 6"):
+        Config.from_dict({"train": {"epochs": 5}, "distill": combined})
+
+
+def test_combined_refuses_a_parts_own_mixing_and_names_nested_keys():
+    with pytest.raises(ConfigError, match="methods.kd.alpha is set, but combined replaces") as err:
+        _options("combined", {"weights": {"kd": 1.0}, "methods": {"kd": {"alpha": 0.5}}})
+    assert "distill.options.weights.kd" in err.value.fix
+    with pytest.raises(ConfigError, match="methods.dist.ce_weight is set"):
+        _options("combined", {"weights": {"dist": 1.0}, "methods": {"dist": {"ce_weight": 0.3}}})
+    with pytest.raises(ConfigError, match=r"^distill.options.methods.kd.temperature is 0"):
+        _options("combined", {"weights": {"kd": 1.0}, "methods": {"kd": {"temperature": 0}}})
+    with pytest.raises(ConfigError, match="distill.options.methods.kd' must be a mapping"):
+        _options("combined", {"weights": {"kd": 1.0}, "methods": {"kd": 5}})
+
+
+def test_a_combined_config_round_trips_through_yaml():
+    from kdflow.config import Config
+
+    cfg = Config.from_dict({"distill": {"method": "combined", "options": {
+        "weights": {"kd": 0.9, "hint": 0.5}, "ce_weight": 0.1,
+        "methods": {"kd": {"temperature": 2.0}, "hint": {"pairs": [{"teacher": "layer2", "student": "stages.1"}]}}}}})
+    again = Config.from_yaml(cfg.to_yaml())
+    assert again.to_dict() == cfg.to_dict() and again.distill.options.methods["kd"].temperature == 2.0
+
+
+def test_feature_tap_refuses_outputs_changed_in_place_and_layers_run_twice():
+    from kdflow.models.features import FeatureTap
+
+    net = create_model("convnet_m", C)  # BatchNorm then ReLU(inplace=True); one pooling module used twice
+    x = torch.rand(2, 3, 16, 16)
+    with pytest.raises(KdflowError, match="overwritten in place"):
+        with FeatureTap(net, ["stages.0.1"], "student").capture():
+            net(x)
+    with pytest.raises(KdflowError, match="run more than once"):
+        with FeatureTap(net, ["pool"], "student").capture():
+            net(x)
+    with FeatureTap(net, ["stages.1"], "student").capture() as features:
+        net(x)
+    assert features["stages.1"].shape == (2, 64, 8, 8)
+    assert all(not m._forward_hooks for m in net.modules())  # hooks live for one pass only

@@ -8,4 +8,4 @@ def finish_sweep(sweep_id: str, pipeline_run: str, tracking_uri: str, status: ds
     """Exit handler: if the sweep failed, its MLflow parent run (and any trial left RUNNING) is marked FAILED."""
     from kdflow.steps.sweep import close_sweep
 
-    close_sweep(sweep_id or pipeline_run, tracking_uri, status.state, status.error_message, pipeline_run)
+    close_sweep(sweep_id, tracking_uri, status.state, status.error_message, pipeline_run)

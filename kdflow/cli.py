@@ -39,6 +39,31 @@ def _where_options(command):
     return command
 
 
+def _local_inputs(base, data, teacher, workdir, cache_uri, tracking_uri):
+    """The run's inputs resolved under the work folder (defaults said on stderr): (config, workdir)."""
+    from kdflow.inputs import default_workdir, resolve_inputs
+    from kdflow.logs import setup_logging
+
+    setup_logging()
+    workdir = (workdir or default_workdir()).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg, notes = resolve_inputs(base, workdir, data, teacher, cache_uri, tracking_uri)
+    for what, note in notes.items():
+        click.echo(f"{what}: {note}", err=True)
+    return cfg, workdir
+
+
+def _run_locally(run_pipeline, workdir: Path, cfg, arguments: dict) -> str:
+    """Run a pipeline through kfp.local with the config's inputs plus ``arguments``; a failed task is
+    a ClickException (exit 1) pointing at its log."""
+    try:
+        return run_pipeline(str(workdir / "pipeline_runs"), {
+            "data_uri": cfg.data_uri, "teacher_uri": cfg.teacher_uri, "cache_uri": cfg.cache_uri,
+            "tracking_uri": cfg.tracking_uri, **arguments})
+    except RuntimeError as exc:
+        raise click.ClickException(f"{exc}\nThe failing task's log above says why.") from None
+
+
 @main.command()
 @click.option("--data", metavar="PATH",
               help="Image folder (<class>/<image>, optionally under train/, val/, test/). "
@@ -54,27 +79,13 @@ def run(data, teacher, config_path, workdir, cache_uri, tracking_uri) -> None:
 
     Exit status: 0 registered, 3 ran but the gate refused the student, 1 failed, 2 bad input.
     """
-    from kdflow.inputs import default_workdir, load_config, resolve_inputs
-    from kdflow.logs import setup_logging
+    from kdflow.inputs import load_config
     from kdflow.summary import read_summary
-
-    setup_logging()
-    workdir = (workdir or default_workdir()).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    base = load_config(config_path, embedded=not data)
-    cfg, notes = resolve_inputs(base, workdir, data, teacher, cache_uri, tracking_uri)
-    for what, note in notes.items():
-        click.echo(f"{what}: {note}", err=True)
-
     from pipelines.local import run_local
 
-    try:
-        run_id = run_local(str(workdir / "pipeline_runs"), {
-            "data_uri": cfg.data_uri, "teacher_uri": cfg.teacher_uri, "config": cfg.to_yaml(),
-            "cache_uri": cfg.cache_uri, "tracking_uri": cfg.tracking_uri,
-        })
-    except RuntimeError as exc:
-        raise click.ClickException(f"{exc}\nThe failing task's log above says why.") from None
+    base = load_config(config_path, embedded=not data)
+    cfg, workdir = _local_inputs(base, data, teacher, workdir, cache_uri, tracking_uri)
+    run_id = _run_locally(run_local, workdir, cfg, {"config": cfg.to_yaml()})
     summary = read_summary(run_id, cfg.tracking_uri)
     click.echo("\n".join(summary.lines()))
     if not summary.registered_version:
@@ -110,33 +121,20 @@ def sweep(sweep_path, data, teacher, workdir, cache_uri, tracking_uri, dry_run) 
     from kdflow.sweep import SweepSpec, expand
 
     spec = SweepSpec.load(sweep_path)
-    plan = expand(spec, spec.base_config(embedded=not data))  # every trial checked before anything is written
+    base = spec.base_config(embedded=not data)
+    plan = expand(spec, base)  # every trial checked before anything is written
     if dry_run:
         click.echo("\n".join(plan.table_lines()))
         return
 
-    from kdflow.inputs import default_workdir, resolve_inputs
-    from kdflow.logs import setup_logging
     from kdflow.summary import read_summary
     from kdflow.sweep.summary import read_sweep
-
-    setup_logging()
-    workdir = (workdir or default_workdir()).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfg, notes = resolve_inputs(spec.base_config(embedded=not data), workdir, data, teacher, cache_uri, tracking_uri)
-    for what, note in notes.items():
-        click.echo(f"{what}: {note}", err=True)
-    plan = expand(spec, cfg)
-
     from pipelines.local import run_sweep_local
 
-    try:
-        run_id = run_sweep_local(str(workdir / "pipeline_runs"), {
-            "data_uri": cfg.data_uri, "teacher_uri": cfg.teacher_uri, "config": plan.labelling_config().to_yaml(),
-            "trials": plan.to_json(), "cache_uri": cfg.cache_uri, "tracking_uri": cfg.tracking_uri,
-        })
-    except RuntimeError as exc:
-        raise click.ClickException(f"{exc}\nThe failing task's log above says why.") from None
+    cfg, workdir = _local_inputs(base, data, teacher, workdir, cache_uri, tracking_uri)
+    plan = expand(spec, cfg)
+    run_id = _run_locally(run_sweep_local, workdir, cfg, {"config": plan.labelling_config().to_yaml(),
+                                                          "trials": plan.to_json()})
     click.echo("\n".join(read_sweep(run_id, cfg.tracking_uri).lines()))
     summary = read_summary(run_id, cfg.tracking_uri)
     click.echo("\n".join(["kdflow run summary of the winner"] + summary.lines()[1:]))

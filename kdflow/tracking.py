@@ -43,6 +43,20 @@ class Tag:
 
     # Copied from the run onto the model version, so the registry alone says where a model came from.
     LINEAGE = (DATASET_FINGERPRINT, TEACHER_DIGEST, CACHE_KEY, PIPELINE_RUN, METHOD)
+class SweepTag:
+    """Tags of a sweep's runs (written by the start and select steps, read here)."""
+
+    SWEEP = "kdflow.sweep"  # "true" on the parent run
+    ID = "kdflow.sweep.id"  # on the parent: the sweep's id (given, else the pipeline run's name)
+    METRIC = "kdflow.sweep.metric"  # what picks the winner (a validation metric)
+    TRIALS = "kdflow.sweep.trials"  # how many trials the plan has
+    BEST_RUN_ID = "kdflow.sweep.best_run_id"  # on the parent
+    BEST_TRIAL = "kdflow.sweep.best_trial"  # on the parent: the winner's trial name
+    RANK = "kdflow.sweep.rank"  # on each trial: 1 is the winner
+    PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own: a trial's parent
+    ERROR = "kdflow.sweep.error"  # on the runs of a sweep that failed: why
+
+
 # Model metadata saying the model takes float [B, C, H, W] pixels in [0, 1] and normalises itself,
 # so a kdflow model used as a teacher is not normalised twice.
 INPUT_METADATA_KEY = "kdflow.input"

@@ -44,9 +44,9 @@ def compile_sweep(path: str) -> str:
     """The sweep pipeline for a cluster (up to ``CLUSTER_PARALLELISM`` trials at a time)."""
     from kfp import compiler
 
-    from pipelines.sweep_pipeline import sweep_pipeline
+    from pipelines.sweep_pipeline import make_sweep_pipeline
 
-    compiler.Compiler().compile(sweep_pipeline, package_path=path)
+    compiler.Compiler().compile(make_sweep_pipeline(), package_path=path)
     return path
 
 
@@ -58,7 +58,8 @@ def run_sweep_local(pipeline_root: str, arguments: dict[str, Any]) -> str:
 
     from kfp import local
 
-    from kdflow.sweep.summary import SweepTag, find_parent
+    from kdflow.sweep.summary import find_parent
+    from kdflow.tracking import SweepTag
     from pipelines.sweep_pipeline import LOCAL_PARALLELISM, make_sweep_pipeline
 
     arguments = {"sweep_id": f"sweep-{uuid.uuid4().hex[:12]}", **arguments}

@@ -73,5 +73,3 @@ def make_sweep_pipeline(parallelism: int = CLUSTER_PARALLELISM):
 
     return sweep_pipeline
 
-
-sweep_pipeline = make_sweep_pipeline()

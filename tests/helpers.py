@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +54,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_kdflow(*args, cwd, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """The ``kdflow`` command in a subprocess, as a user runs it: no tracking URI, S3 endpoint or
+    KDFLOW_HOME inherited from the test session (unless ``env`` sets them)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "KDFLOW_HOME")}
+    return subprocess.run([sys.executable, "-c", "from kdflow.cli import entrypoint; entrypoint()", *args],
+                          cwd=cwd, env={**base, **(env or {}), "PYTHONPATH": ROOT}, capture_output=True, text=True,
+                          timeout=timeout)

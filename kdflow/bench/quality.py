@@ -36,7 +36,6 @@ from pathlib import Path
 import torch
 
 from kdflow.config import Config
-from kdflow.data.preprocess import preprocess
 
 KD = {"method": "kd", "options": {"temperature": 4.0, "alpha": 0.9}}
 # Sun et al.'s CIFAR recipe for KD with standardized logits uses T = 2 (and a 9x KD weight, which
@@ -169,6 +168,7 @@ def run(data: Path, teacher: Path, workdir: Path, profile_name: str, rows: tuple
     from kdflow.steps.adapt import run_adaptation
     from kdflow.steps.distill import run_distillation
     from kdflow.steps.evaluate import run_evaluation
+    from kdflow.steps.preprocess import run_preprocess
     from kdflow.steps.teacher import run_teacher_inference
 
     profile = dataclasses.replace(PROFILES[profile_name], **({"seeds": seeds} if seeds else {}))
@@ -178,10 +178,10 @@ def run(data: Path, teacher: Path, workdir: Path, profile_name: str, rows: tuple
     base = Config.from_dict(row_config("kd-views", profile, profile.seeds[0], teacher_arch))
     dataset_dir = workdir / "dataset"
     shutil.rmtree(dataset_dir, ignore_errors=True)
-    dataset, t_prep = _timed(preprocess, str(folder), str(dataset_dir), base.data)
+    prepared, t_prep = _timed(run_preprocess, str(folder), base.to_yaml(), str(dataset_dir))
     adapted, t_adapt = _timed(run_adaptation, str(dataset_dir), str(teacher), base.to_yaml(), cache)
-    results: dict = {"profile": dataclasses.asdict(profile), "rows": {}, "counts": {
-        s: dataset.count(s) for s in dataset.data["splits"]}, "preprocess_s": t_prep, "adapt_s": t_adapt,
+    results: dict = {"profile": dataclasses.asdict(profile), "rows": {}, "counts": prepared["counts"],
+        "preprocess_s": t_prep, "adapt_s": t_adapt,
         "adaptation": adapted, "device": _device_card(), "torch": torch.__version__,
         "teacher_arch": teacher_arch, "teacher_file": teacher.name, "labelling": {}}
     # Create the MLflow store and experiment now, so the first row's time does not include it.

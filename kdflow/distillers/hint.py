@@ -94,11 +94,10 @@ class Hint(Distiller):
         """Layer names are checked against the architectures when the config is loaded, so a typo
         fails before the teacher runs or an MLflow run starts (a teacher given as a kdflow
         checkpoint or MLflow model names no architecture here: its layers are checked when loaded)."""
-        from kdflow.models import create_model
-        from kdflow.models.features import resolve_layer
+        from kdflow.models.features import probe_model, resolve_layer
 
-        student = create_model(run.student.arch, num_classes=2)
-        teacher = create_model(run.teacher.arch, num_classes=2) if run.teacher.arch else None
+        student = probe_model(run.student.arch)
+        teacher = probe_model(run.teacher.arch) if run.teacher.arch else None
         for i, pair in enumerate(options.pairs):
             where = f"{key}.pairs[{i}]"
             resolve_layer(student, pair.student, f"student ({run.student.arch}, {where}.student)")

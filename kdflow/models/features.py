@@ -15,6 +15,7 @@ a teacher as an eager kdflow architecture from its weights, whose names both for
 from __future__ import annotations
 
 import difflib
+import functools
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -23,16 +24,24 @@ from torch import nn
 
 from kdflow.errors import ConfigError, KdflowError
 from kdflow.models.classifier import Classifier
+from kdflow.models.loading import Frozen
 
 _WRAPPER_PREFIXES = ("", "net.", "module.", "module.net.")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    # Frozen (kdflow.models.loading) keeps the real teacher under .module; imported lazily to
-    # avoid a cycle, so test by attribute.
-    while type(model).__name__ == "Frozen" and hasattr(model, "module"):
+    while isinstance(model, Frozen):  # the real teacher is under .module
         model = model.module
     return model
+
+
+@functools.lru_cache(maxsize=16)
+def probe_model(arch: str) -> nn.Module:
+    """An untrained ``arch`` to check layer names against: built once per architecture, since every
+    config load (each step, each sweep trial) checks the names again."""
+    from kdflow.models.registry import create_model
+
+    return create_model(arch, num_classes=2)
 
 
 def _compiled(model: nn.Module) -> bool:

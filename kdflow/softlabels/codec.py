@@ -108,7 +108,9 @@ def dense(
     softmax. When k >= num_classes the values are scattered exactly and there is no tail.
     """
     values = torch.as_tensor(values).float()
-    if not bool((torch.as_tensor(temperature) > 0).all()):
+    # A number is checked; per-row temperatures (a device tensor, T * std + eps) are positive by
+    # construction, and checking them would wait on the device every batch.
+    if not isinstance(temperature, torch.Tensor) and temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     index = torch.as_tensor(index, device=values.device).long()
     k = values.shape[-1]
@@ -149,8 +151,9 @@ def standardized_dense(
     values = torch.as_tensor(values).float()
     k = values.shape[-1]
     if k >= num_classes:
-        z = dense(values, index, tail_lse, tail_mean, num_classes)
-        return (z - z.mean(-1, keepdim=True)) / (z.std(-1, keepdim=True) + eps)
+        from kdflow.losses.logit_std import standardize
+
+        return standardize(dense(values, index, tail_lse, tail_mean, num_classes), eps)
     n = num_classes - k
     tail_lse = torch.as_tensor(tail_lse, device=values.device).float()
     tail_mean = torch.as_tensor(tail_mean, device=values.device).float()

@@ -26,7 +26,7 @@ from kdflow.models.loading import TeacherSource, save_checkpoint
 from kdflow.steps.teacher import check_teacher
 from kdflow.storage import join, storage_for
 from kdflow.training import augment
-from kdflow.training.supervised import train_supervised, val_accuracy
+from kdflow.training.supervised import train_supervised, val_accuracy, val_batches
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,13 @@ def run_adaptation(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_u
 
     model, arch = source.load_trainable(dataset.mean, dataset.std)
     check_teacher(model.eval(), dataset, torch.device("cpu"))
-    before = val_accuracy(model, dataset, cfg.teacher.batch_size, cfg.train.device)
+    val = val_batches(dataset, cfg.teacher.batch_size, cfg.train.device)  # read once, used twice
+    before = val_accuracy(model, val)
     log.info("teacher adaptation: fine-tuning %s for %d epochs at lr %g (val accuracy before: %s)",
              arch, train_cfg.epochs, train_cfg.lr, before)
     torch.manual_seed(train_cfg.seed)
     train_supervised(model, dataset, train_cfg, cfg.augment)
-    after = val_accuracy(model, dataset, cfg.teacher.batch_size, cfg.train.device)
+    after = val_accuracy(model, val)
     store.write_bytes(uri, save_checkpoint(model.cpu(), arch, dataset.num_classes))  # all or nothing
     log.info("teacher adaptation: saved %s (val accuracy after: %s)", uri, after)
     return {"teacher_uri": uri, "adapted": True, "reused": False, "val_accuracy_before": before,

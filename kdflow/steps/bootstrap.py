@@ -21,7 +21,7 @@ from kdflow.training import augment
 from kdflow.models import Classifier, create_model
 from kdflow.models.loading import save_checkpoint
 from kdflow.storage import storage_for
-from kdflow.training.supervised import train_supervised, val_accuracy
+from kdflow.training.supervised import train_supervised, val_accuracy, val_batches
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def bootstrap_teacher(data_uri: str, cfg: Config, teachers_dir: str) -> tuple[st
         torch.manual_seed(train_cfg.seed)
         model = Classifier(create_model(arch, dataset.num_classes), dataset.mean, dataset.std)
         train_supervised(model, dataset, train_cfg, cfg.augment)
-        val_acc = val_accuracy(model, dataset, cfg.teacher.batch_size, train_cfg.device)
+        val_acc = val_accuracy(model, val_batches(dataset, cfg.teacher.batch_size, train_cfg.device))
     storage_for(str(path)).write_bytes(str(path), save_checkpoint(model.cpu(), arch, dataset.num_classes))
     log.info("bootstrap teacher: saved %s (val accuracy %s)", path, val_acc)
     return str(path), {"reused": False, "arch": arch, "val_accuracy": val_acc}

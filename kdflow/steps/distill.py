@@ -15,7 +15,7 @@ from kdflow.distillers import build_distiller
 from kdflow.errors import CacheError
 from kdflow.models import Classifier, create_model
 from kdflow.models.features import eager_twin, is_compiled
-from kdflow.models.loading import Frozen, TeacherSource, save_checkpoint
+from kdflow.models.loading import TeacherSource, save_checkpoint
 from kdflow.softlabels.cache import SoftLabelCache
 from kdflow.softlabels.ref import SoftLabelRef
 from kdflow.tracking import Tag
@@ -84,11 +84,11 @@ def run_distillation(
 
     torch.manual_seed(cfg.train.seed)  # the student's initial weights depend on the seed alone
     student = Classifier(create_model(cfg.student.arch, dataset.num_classes), dataset.mean, dataset.std)
+    example = to_float_images(torch.from_numpy(train_arrays.images[:2]))  # float [2, 3, H, W] on the CPU
     distiller = build_distiller(cfg.distill.method, student, teacher, cfg.distill.options)
     if distiller.teacher_layers() and is_compiled(teacher):
         # Hooks do not fire inside TorchScript or exported code: read the features of an eager copy.
-        probe = to_float_images(torch.from_numpy(train_arrays.images[:2]))
-        teacher = Frozen(eager_twin(teacher, cfg.teacher.arch, dataset.num_classes, probe, ref.teacher_uri))
+        teacher = eager_twin(teacher, cfg.teacher.arch, dataset.num_classes, example, ref.teacher_uri)
         distiller = build_distiller(cfg.distill.method, student, teacher, cfg.distill.options)
     train = ArrayBatches(train_arrays, cfg.train.batch_size, device, soft_train, cfg.augment)
     # Before the MLflow run starts: a layer that does not exist or cannot be connected fails here,
@@ -122,6 +122,5 @@ def run_distillation(
         student_uri = join(out_dir, STUDENT_FILE)
         storage_for(student_uri).write_bytes(student_uri, save_checkpoint(student, cfg.student.arch,
                                                                           dataset.num_classes))
-        example = to_float_images(torch.from_numpy(train_arrays.images[:2]))
         model_uri = tracking.log_model(student, example)
     return {"run_id": run.info.run_id, "model_uri": model_uri, "final_metrics": final}

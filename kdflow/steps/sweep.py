@@ -17,8 +17,7 @@ from kdflow.errors import ConfigError, DataError, KdflowError
 from kdflow.logs import setup_logging
 from kdflow.sweep.plan import SweepPlan
 from kdflow.sweep.report import TrialResult, plot_trials, ranked, table_markdown, trial_table
-from kdflow.sweep.summary import SweepTag
-from kdflow.tracking import Tag
+from kdflow.tracking import SweepTag, Tag
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,7 @@ def start_sweep(dataset_dir: str, config_yaml: str, trials_json: str, tracking_u
     from kdflow import tracking
 
     setup_logging()
+    sweep_id = sweep_id or pipeline_run
     cfg = Config.from_yaml(config_yaml)
     plan = SweepPlan.from_json(trials_json)
     _check_labelling(cfg, plan)
@@ -56,13 +56,13 @@ def start_sweep(dataset_dir: str, config_yaml: str, trials_json: str, tracking_u
     tracking_uri = tracking.use_tracking(tracking_uri)
     from kdflow.sweep.summary import find_parent
 
-    if find_parent(sweep_id or pipeline_run) is not None:
-        raise ConfigError(f"a sweep with id '{sweep_id or pipeline_run}' already exists in MLflow",
+    if find_parent(sweep_id) is not None:
+        raise ConfigError(f"a sweep with id '{sweep_id}' already exists in MLflow",
                           "give each sweep run its own sweep_id (kdflow sweep makes a fresh one)")
     exp = tracking.experiment_id(cfg.registry.experiment, tracking_uri)
     client = MlflowClient()
     run = client.create_run(exp, run_name=f"sweep-{len(plan.trials)}-trials", tags={
-        SweepTag.SWEEP: "true", SweepTag.ID: sweep_id or pipeline_run, SweepTag.METRIC: plan.metric, SweepTag.TRIALS: str(len(plan.trials)),
+        SweepTag.SWEEP: "true", SweepTag.ID: sweep_id, SweepTag.METRIC: plan.metric, SweepTag.TRIALS: str(len(plan.trials)),
         Tag.PIPELINE_RUN: pipeline_run, Tag.DATASET_FINGERPRINT: dataset.fingerprint})
     run_id = run.info.run_id
     params = {"sweep.strategy": plan.strategy, "sweep.metric": plan.metric, "sweep.trials": len(plan.trials),
@@ -116,7 +116,7 @@ def _model_uri(run) -> str:
 
 
 def select_best(parent_run_id: str, trial_run_ids: list[str], trials_json: str, tracking_uri: str | None,
-                trial_models: list[tuple[str, str]] | None = None, out_dir: str | None = None) -> dict:
+                trial_models: list[tuple[str, str]], out_dir: str) -> dict:
     """Pick the trial with the best final validation metric (ties: the lower index); log the trials'
     table (trials.json, trials.md) and plot (sweep.png) to the parent run, rank every trial, name the
     winner on the parent and finish it. Test metrics are never read.
@@ -144,13 +144,12 @@ def select_best(parent_run_id: str, trial_run_ids: list[str], trials_json: str, 
     client.log_text(parent_run_id, table_markdown(table), "trials.md")
     # What can still fail comes before the parent is marked finished with a winner.
     model_uri = _model_uri(client.get_run(best.run_id))
-    if trial_models is not None and out_dir is not None:
-        folder = next((path for path, run_id in trial_models if run_id == best.run_id), None)
-        if folder is None:
-            raise KdflowError(f"no trial model belongs to the winning run {best.run_id}",
-                              "pass every trial's model folder with its run id")
-        # The student is what evaluation and registration need; the checkpoints stay with the trial.
-        shutil.copytree(folder, out_dir, ignore=shutil.ignore_patterns("checkpoints"), dirs_exist_ok=True)
+    folder = next((path for path, run_id in trial_models if run_id == best.run_id), None)
+    if folder is None:
+        raise KdflowError(f"no trial model belongs to the winning run {best.run_id}",
+                          "pass every trial's model folder with its run id")
+    # The student is what evaluation and registration need; the checkpoints stay with the trial.
+    shutil.copytree(folder, out_dir, ignore=shutil.ignore_patterns("checkpoints"), dirs_exist_ok=True)
     for rank, result in enumerate(order, 1):
         client.set_tag(result.run_id, SweepTag.RANK, str(rank))
     client.set_tag(parent_run_id, SweepTag.BEST_RUN_ID, best.run_id)
@@ -165,6 +164,7 @@ def select_best(parent_run_id: str, trial_run_ids: list[str], trials_json: str, 
 
 def close_sweep(sweep_id: str, tracking_uri: str | None, state: str, error: str | None = None,
                 pipeline_run: str = "") -> list[str]:
+    """``sweep_id`` empty: the pipeline run's name, as ``start_sweep`` tagged it."""
     """The sweep pipeline's exit step: when the pipeline did not succeed, mark the sweep's parent run
     (and any trial still RUNNING) FAILED, so a failed sweep leaves no run that looks in progress.
     Returns the ids of the runs it closed."""
@@ -177,6 +177,8 @@ def close_sweep(sweep_id: str, tracking_uri: str | None, state: str, error: str 
     setup_logging()
     if state == "SUCCEEDED":
         return []
+    sweep_id = sweep_id or pipeline_run
+    reason = (error or state)[:5000]
     tracking.use_tracking(tracking_uri)
     parent = find_parent(sweep_id)
     if parent is None:  # it failed before start-sweep made the parent run: nothing to close
@@ -190,13 +192,14 @@ def close_sweep(sweep_id: str, tracking_uri: str | None, state: str, error: str 
     client = MlflowClient()
     # A sweep that failed after selection (evaluation, registration) keeps its FINISHED parent and
     # winner, and says why the pipeline failed.
-    client.set_tag(parent.info.run_id, SweepTag.ERROR, (error or state)[:5000])
+    client.set_tag(parent.info.run_id, SweepTag.ERROR, reason)
     children = mlflow.search_runs(experiment_ids=[parent.info.experiment_id], output_format="list",
                                   filter_string=f"tags.`{SweepTag.PARENT_RUN_ID}` = '{parent.info.run_id}'")
     closed = []
     for run in [parent, *children]:
         if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, SweepTag.ERROR, (error or state)[:5000])
+            if run is not parent:  # the parent is tagged above, finished or not
+                client.set_tag(run.info.run_id, SweepTag.ERROR, reason)
             client.set_terminated(run.info.run_id, "FAILED")
             closed.append(run.info.run_id)
     if closed:

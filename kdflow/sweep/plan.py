@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from kdflow.config import Config
+from kdflow.digest import digest_of
 from kdflow.errors import ConfigError
 from kdflow.sweep.spec import EXAMPLE, MAX_TRIALS, SubGrid, SweepSpec
 
@@ -45,8 +46,6 @@ def value_at(data: dict, key: str) -> Any:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)):  # e.g. hint pairs: a short digest, not a long repr
-        from kdflow.digest import digest_of
-
         return "#" + digest_of(value)[:6]
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
@@ -119,7 +118,7 @@ def expand(spec: SweepSpec, base: Config) -> "SweepPlan":
     kept: list[tuple[dict[str, Any], Config]] = []
     for params in _draws(spec):
         cfg = _build(base, params, len(kept))
-        identity = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+        identity = digest_of(cfg.to_dict())
         if identity in seen:
             continue
         seen.add(identity)

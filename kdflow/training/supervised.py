@@ -12,13 +12,18 @@ from kdflow.training.device import resolve_device
 from kdflow.training.trainer import fit, predict
 
 
-def val_accuracy(model: Classifier, dataset: DatasetManifest, batch_size: int, device_name: str) -> float | None:
-    """Top-1 of ``model`` on the val split (None when the dataset has none)."""
+def val_batches(dataset: DatasetManifest, batch_size: int, device_name: str) -> ArrayBatches | None:
+    """The val split in memory (read and verified once), or None when the dataset has none."""
     if not dataset.count("val"):
         return None
-    device = resolve_device(device_name)
-    val = ArrayBatches(dataset.load_split("val"), batch_size, device)
-    return accuracy(predict(model.to(device), val).argmax(-1), val.labels.cpu())
+    return ArrayBatches(dataset.load_split("val"), batch_size, resolve_device(device_name))
+
+
+def val_accuracy(model: Classifier, val: ArrayBatches | None) -> float | None:
+    """Top-1 of ``model`` on ``val`` (None without a val split)."""
+    if val is None:
+        return None
+    return accuracy(predict(model.to(val.device), val).argmax(-1), val.labels.cpu())
 
 
 def train_supervised(model: Classifier, dataset: DatasetManifest, train_cfg: TrainConfig,

@@ -1,22 +1,16 @@
 """`kdflow run`, as `make run` calls it: summary, cache hit on the second run, exit codes."""
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+from tests.helpers import run_kdflow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytestmark = pytest.mark.e2e
 
 
 def kdflow(*args, cwd, env=None):
-    base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "KDFLOW_HOME")}
-    env = {**base, **(env or {})}
-    return subprocess.run([sys.executable, "-c", "from kdflow.cli import entrypoint; entrypoint()", *args],
-                          cwd=cwd, env={**env, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=600)
+    return run_kdflow(*args, cwd=cwd, env=env)
 
 
 def _summary(stdout: str) -> dict:

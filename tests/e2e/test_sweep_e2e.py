@@ -1,19 +1,15 @@
 """A sweep through kfp.local against a real MLflow server and a real S3 API on loopback, and the CLI."""
 
-import os
-import subprocess
-import sys
-
 import boto3
 import pytest
 
 from kdflow.config import Config
 from kdflow.sweep import SweepSpec, expand
 from pipelines.local import run_sweep_local
+from tests.helpers import run_kdflow
 
 pytestmark = pytest.mark.e2e
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SWEEP = """
 strategy: grid
 parameters:
@@ -26,19 +22,29 @@ def _final(client, run_id, metric):
     return max(client.get_metric_history(run_id, metric), key=lambda m: (m.step, m.timestamp)).value
 
 
+def _plan(tiny_config_yaml, sweep_yaml, *, model, experiment, epochs, cache_uri, inputs):
+    """The tiny config renamed for this test, with its inputs, and the sweep plan expanded from it."""
+    config = (tiny_config_yaml.replace("tiny-student", model).replace("experiment: tiny", f"experiment: {experiment}")
+              .replace("train: {epochs: 8,", f"train: {{epochs: {epochs},"))
+    base = Config.from_yaml(config).replace(cache_uri=cache_uri, **inputs)
+    return base, expand(SweepSpec.from_yaml(sweep_yaml), base)
+
+
+def _run(tmp_path, base, plan, **extra):
+    return run_sweep_local(str(tmp_path / "root"), {
+        "data_uri": base.data_uri, "teacher_uri": base.teacher_uri, "config": plan.labelling_config().to_yaml(),
+        "trials": plan.to_json(), "cache_uri": base.cache_uri, "tracking_uri": base.tracking_uri, **extra})
+
+
 def test_sweep_labels_once_and_registers_the_best_on_validation(tmp_path, tiny_data, tiny_teacher, tiny_config_yaml,
                                                                  mlflow_server, s3_bucket):
     from mlflow import MlflowClient
 
-    config = (tiny_config_yaml.replace("tiny-student", "sweep-student").replace("experiment: tiny", "experiment: sweep")
-              .replace("train: {epochs: 8,", "train: {epochs: 2,"))
-    base = Config.from_yaml(config).replace(data_uri=str(tiny_data), teacher_uri=tiny_teacher,
-                                            cache_uri=f"s3://{s3_bucket}/cache", tracking_uri=mlflow_server)
-    plan = expand(SweepSpec.from_yaml(SWEEP), base)
+    inputs = {"data_uri": str(tiny_data), "teacher_uri": tiny_teacher, "tracking_uri": mlflow_server}
+    base, plan = _plan(tiny_config_yaml, SWEEP, model="sweep-student", experiment="sweep", epochs=2,
+                       cache_uri=f"s3://{s3_bucket}/cache", inputs=inputs)
     assert [t.name for t in plan.trials] == ["t00-kd-T2", "t01-kd-T4", "t02-ce"] and plan.labelling == 0
-    winner = run_sweep_local(str(tmp_path / "root"), {
-        "data_uri": base.data_uri, "teacher_uri": base.teacher_uri, "config": plan.labelling_config().to_yaml(),
-        "trials": plan.to_json(), "cache_uri": base.cache_uri, "tracking_uri": mlflow_server})
+    winner = _run(tmp_path, base, plan)
 
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     parent_id = client.get_run(winner).data.tags["mlflow.parentRunId"]
@@ -85,16 +91,11 @@ def test_a_failed_trial_fails_the_sweep_and_closes_its_runs(tmp_path, tiny_data,
     """A trial that diverges fails the pipeline; the exit task marks the parent FAILED; nothing is registered."""
     from mlflow import MlflowClient
 
-    config = (tiny_config_yaml.replace("tiny-student", "never-swept").replace("experiment: tiny", "experiment: sweep-fail")
-              .replace("train: {epochs: 8,", "train: {epochs: 1,"))
-    base = Config.from_yaml(config).replace(data_uri=str(tiny_data), teacher_uri=tiny_teacher,
-                                            cache_uri=f"s3://{s3_bucket}/cache-fail", tracking_uri=mlflow_server)
-    plan = expand(SweepSpec.from_yaml("parameters: {train.lr: [0.05, 1.0e+30]}"), base)
+    inputs = {"data_uri": str(tiny_data), "teacher_uri": tiny_teacher, "tracking_uri": mlflow_server}
+    base, plan = _plan(tiny_config_yaml, "parameters: {train.lr: [0.05, 1.0e+30]}", model="never-swept",
+                       experiment="sweep-fail", epochs=1, cache_uri=f"s3://{s3_bucket}/cache-fail", inputs=inputs)
     with pytest.raises(RuntimeError):
-        run_sweep_local(str(tmp_path / "root"), {
-            "data_uri": base.data_uri, "teacher_uri": base.teacher_uri, "config": plan.labelling_config().to_yaml(),
-            "trials": plan.to_json(), "cache_uri": base.cache_uri, "tracking_uri": mlflow_server,
-            "sweep_id": "sweep-that-fails"})
+        _run(tmp_path, base, plan, sweep_id="sweep-that-fails")
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     (parent,) = client.search_runs([client.get_experiment_by_name("sweep-fail").experiment_id],
                                    "tags.`kdflow.sweep.id` = 'sweep-that-fails'")
@@ -106,9 +107,7 @@ def test_a_failed_trial_fails_the_sweep_and_closes_its_runs(tmp_path, tiny_data,
 
 
 def kdflow(*args, cwd):
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "KDFLOW_HOME")}
-    return subprocess.run([sys.executable, "-c", "from kdflow.cli import entrypoint; entrypoint()", *args],
-                          cwd=cwd, env={**env, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300)
+    return run_kdflow(*args, cwd=cwd, timeout=300)
 
 
 def test_cli_dry_run_prints_the_trials_and_runs_nothing(tmp_path, tiny_config_yaml):

@@ -1,6 +1,8 @@
-"""Container images of the components. Tags follow the package version: an image holds exactly the
-kdflow the compiled spec was made from. The repository prefix is a placeholder until the images
-issue publishes them; ``kdflow compile --image-prefix`` retargets a spec without code changes."""
+"""Container images of the components (images/: `make images` builds them, `make push REGISTRY=...`
+publishes them). Tags follow the package version, never ``latest``: an image holds exactly the kdflow
+the compiled spec was made from. ``IMAGE_PREFIX`` is the local name; ``kdflow compile --image-prefix
+REGISTRY`` retargets a spec to where `make push REGISTRY=...` put the same images. The Makefile reads
+``IMAGE_PREFIX`` from this file: keep it a plain string literal."""
 
 from kdflow import __version__
 

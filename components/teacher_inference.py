@@ -1,6 +1,6 @@
 from kfp import dsl
 
-from components.images import GPU_IMAGE
+from kdflow.components.images import GPU_IMAGE
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
@@ -10,11 +10,13 @@ def teacher_inference(
     config: str,
     cache_uri: str,
     soft_labels: dsl.Output[dsl.Artifact],
+    teacher_digest: str = "",
 ) -> bool:
-    """Cache the frozen teacher's soft labels under a content key; returns True on a cache hit."""
+    """Cache the frozen teacher's soft labels under a content key; returns True on a cache hit.
+    ``teacher_digest`` (the given teacher's, before adaptation) keys KFP's cache."""
     from kdflow.steps.teacher import run_teacher_inference
 
     ref = run_teacher_inference(dataset.path, teacher_uri, config, cache_uri, soft_labels.path)
     soft_labels.metadata.update({"cache_key": ref.cache_key, "cache_hit": ref.cache_hit,
-                                 "teacher_digest": ref.teacher_digest})
+                                 "teacher_digest": ref.teacher_digest, "teacher_input_digest": teacher_digest})
     return ref.cache_hit

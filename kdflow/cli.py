@@ -74,18 +74,26 @@ def _run_locally(run_pipeline, workdir: Path, cfg, arguments: dict) -> str:
 @click.option("--config", "config_path", metavar="FILE",
               help="YAML run config (see `kdflow config`). Default: the built-in digits config.")
 @_where_options
-def run(data, teacher, config_path, workdir, cache_uri, tracking_uri) -> None:
+@click.option("--skip-unchanged", is_flag=True,
+              help="Stop after preprocessing when the data, teacher and config equal those of the registry's "
+                   "champion (what scheduled runs do).")
+def run(data, teacher, config_path, workdir, cache_uri, tracking_uri, skip_unchanged) -> None:
     """Run the whole pipeline locally (kfp.local) and print a summary.
 
-    Exit status: 0 registered, 3 ran but the gate refused the student, 1 failed, 2 bad input.
+    Exit status: 0 registered (or nothing changed, with --skip-unchanged), 3 ran but the gate refused
+    the student, 1 failed, 2 bad input.
     """
     from kdflow.inputs import load_config
+    from kdflow.steps.champion import UNCHANGED_PREFIX
     from kdflow.summary import read_summary
-    from pipelines.local import run_local
+    from kdflow.pipelines.local import run_local
 
     base = load_config(config_path, embedded=not data)
     cfg, workdir = _local_inputs(base, data, teacher, workdir, cache_uri, tracking_uri)
-    run_id = _run_locally(run_local, workdir, cfg, {"config": cfg.to_yaml()})
+    run_id = _run_locally(run_local, workdir, cfg, {"config": cfg.to_yaml(), "skip_unchanged": skip_unchanged})
+    if run_id.startswith(UNCHANGED_PREFIX):
+        click.echo(f"kdflow: nothing trained, {run_id[len(UNCHANGED_PREFIX):]}")
+        return
     summary = read_summary(run_id, cfg.tracking_uri)
     click.echo("\n".join(summary.lines()))
     if not summary.registered_version:
@@ -129,7 +137,7 @@ def sweep(sweep_path, data, teacher, workdir, cache_uri, tracking_uri, dry_run) 
 
     from kdflow.summary import read_summary
     from kdflow.sweep.summary import read_sweep
-    from pipelines.local import run_sweep_local
+    from kdflow.pipelines.local import run_sweep_local
 
     cfg, workdir = _local_inputs(base, data, teacher, workdir, cache_uri, tracking_uri)
     plan = expand(spec, cfg)
@@ -150,13 +158,14 @@ def sweep(sweep_path, data, teacher, workdir, cache_uri, tracking_uri, dry_run) 
 @click.option("--pipeline", type=click.Choice(["distill", "sweep"]), default="distill", show_default=True,
               help="distill: one student. sweep: many trials from one teacher run, the best registered "
                    "(parameters config and trials: what `kdflow sweep` passes).")
-def compile_cmd(output: str, image_prefix: str | None, pipeline: str) -> None:
+@click.option("--platform", "platform_file", metavar="FILE",
+              help="Kubernetes settings (GPU node selector and tolerations, resources, secrets, retries; see "
+                   "examples/platform.yaml and docs/cluster.md). Default: the built-in settings.")
+def compile_cmd(output: str, image_prefix: str | None, pipeline: str, platform_file: str | None) -> None:
     """Compile the pipeline to a KFP IR YAML for a cluster."""
-    from pipelines.local import compile_pipeline, compile_sweep, retarget_images
+    from kdflow.pipelines.local import compile_pipeline
 
-    (compile_sweep if pipeline == "sweep" else compile_pipeline)(output)
-    if image_prefix:
-        retarget_images(output, image_prefix)
+    compile_pipeline(output, pipeline, platform_file, image_prefix)
     click.echo(output)
 
 
@@ -265,6 +274,10 @@ def bench_quality(data, teacher, profile, seeds, rows, workdir, output) -> None:
     with output.open("a") as f:
         f.write(f"\n## Quality, profile {profile} ({time.strftime('%Y-%m-%d')})\n\n{text}\n")
     click.echo(f"appended to {output}")
+
+
+from kdflow import cli_cluster  # noqa: E402  (submit, schedule: they import kfp only when they run)
+cli_cluster.register(main)
 
 
 def entrypoint() -> None:

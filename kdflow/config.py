@@ -28,19 +28,33 @@ def _check(ok: bool, key: str, problem: str, fix: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Ingest and preprocessing (the preprocessing spec is part of the soft-label cache key)."""
+    """Ingest and preprocessing (the preprocessing spec is part of the soft-label cache key).
+
+    Splits: each sample, or each group of near-duplicates, is assigned to train, val or test by a
+    hash of its content (its group's key) and ``seed``, so adding images does not move old ones.
+    """
 
     image_size: int = 32  # every image is resized to image_size x image_size
-    val_fraction: float = 0.1  # of the train split, when the data has no val/ subtree
-    test_fraction: float = 0.2  # of all data, when the data has no test/ subtree
-    seed: int = 0  # seeds the stratified split
+    val_fraction: float = 0.1  # of train/ (of all data when there are no split folders), if there is no val/
+    test_fraction: float = 0.2  # of train/ (of all data when there are no split folders), if there is no test/
+    seed: int = 0  # seeds the split: a sample's split is drawn from a hash of its content and this seed
     shard_size: int = 8192  # samples per shard
     # squash: resize to image_size x image_size, ignoring the aspect ratio (cheap; fine for data that
     # is already square). short_side: resize the short side to image_size, then centre-crop: what
     # pretrained teachers saw (torchvision's Resize + CenterCrop), so objects keep their shape.
     resize: ResizeMode = "squash"
+    # Keep near-duplicates in one split. none: every sample on its own. phash: images whose 64-bit
+    # perceptual hashes differ in at most group_distance bits (and chains of them) form a group.
+    # regex: files whose paths (relative to the data root) give the same group_pattern match do.
+    group_by: Literal["none", "phash", "regex"] = "none"
+    group_distance: int = 6  # phash: the largest Hamming distance (of 64 bits) between near-duplicates
+    # regex: searched in each file's path relative to the data root; the group is the first capture
+    # group (else the whole match); a file it does not match is a group of its own.
+    group_pattern: str | None = None
 
     def __post_init__(self) -> None:
+        import re
+
         _check(4 <= self.image_size <= 1024, "data.image_size", f"is {self.image_size}", "use 4..1024")
         for name in ("val_fraction", "test_fraction"):
             v = getattr(self, name)
@@ -48,6 +62,21 @@ class DataConfig:
         _check(self.val_fraction + self.test_fraction < 1.0, "data.val_fraction",
                "plus data.test_fraction leaves no training data", "make their sum less than 1")
         _check(self.shard_size >= 1, "data.shard_size", f"is {self.shard_size}", "use a positive count")
+        # Past ~16 of 64 bits unrelated pictures start to match, and the search slows down sharply.
+        _check(0 <= self.group_distance <= 16, "data.group_distance", f"is {self.group_distance}",
+               "use 0..16 bits (6 is a good start; 0 groups only identical hashes)")
+        if self.group_by == "regex":
+            _check(bool(self.group_pattern), "data.group_pattern", "is not set but data.group_by is 'regex'",
+                   "set data.group_pattern to a regular expression, e.g. '^(train/[^/]+/\\d+)_'")
+            try:
+                re.compile(self.group_pattern)
+            except re.error as exc:
+                _check(False, "data.group_pattern", f"is not a valid regular expression: {exc}",
+                       "fix the pattern (Python 're' syntax; in YAML, single-quote it so '\\' stays literal)")
+        else:
+            _check(self.group_pattern is None, "data.group_pattern",
+                   f"is set but data.group_by is '{self.group_by}'",
+                   "set data.group_by: regex to use the pattern, or remove data.group_pattern")
 
 
 @dataclass(frozen=True)

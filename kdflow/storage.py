@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
@@ -34,6 +35,15 @@ def list_schemes() -> list[str]:
     return sorted(s for s in _SCHEMES if s)
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object found by ``Storage.list_info``."""
+
+    uri: str
+    size: int
+    etag: str | None  # S3's ETag (content-derived); None where the backend has none (local files)
+
+
 class Storage(ABC):
     """Bytes at URIs. Keys are '/'-separated; a 'prefix' lists everything below it."""
 
@@ -51,8 +61,12 @@ class Storage(ABC):
         """Size in bytes, or None when the object does not exist."""
 
     @abstractmethod
+    def list_info(self, prefix: str) -> list[ObjectInfo]:
+        """Every object below ``prefix`` (recursively) with its size, sorted by URI."""
+
     def list(self, prefix: str) -> list[str]:
         """URIs of all objects below ``prefix`` (recursively), sorted."""
+        return [o.uri for o in self.list_info(prefix)]
 
     @abstractmethod
     def delete(self, uri: str) -> None: ...
@@ -112,13 +126,15 @@ class LocalStorage(Storage):
         p = local_path(uri)
         return p.stat().st_size if p.is_file() else None
 
-    def list(self, prefix: str) -> list[str]:
+    def list_info(self, prefix: str) -> list[ObjectInfo]:
         root = local_path(prefix)
         if not root.is_dir():
             return []
         scheme = "file://" if prefix.startswith("file://") else ""
         return sorted(
-            f"{scheme}{p}" for p in root.rglob("*") if p.is_file() and not p.name.endswith(".tmp")
+            (ObjectInfo(f"{scheme}{p}", p.stat().st_size, None)
+             for p in root.rglob("*") if p.is_file() and not p.name.endswith(".tmp")),
+            key=lambda o: o.uri,
         )
 
     def delete(self, uri: str) -> None:
@@ -134,8 +150,11 @@ class S3Storage(Storage):
     def client(self):
         if self._client is None:
             import boto3  # boto3 reads AWS_ENDPOINT_URL and credentials now, at run time
+            from botocore.config import Config
 
-            self._client = boto3.client("s3")
+            # Preprocess fetches images from several threads; botocore's default pool of 10
+            # connections would make the rest wait and reconnect.
+            self._client = boto3.client("s3", config=Config(max_pool_connections=32))
         return self._client
 
     @staticmethod
@@ -193,15 +212,18 @@ class S3Storage(Storage):
     def exists(self, uri: str) -> bool:
         return self.size(uri) is not None
 
-    def list(self, prefix: str) -> list[str]:
+    def list_info(self, prefix: str) -> list[ObjectInfo]:
         bucket, key = self._split(prefix)
         key = key.rstrip("/") + "/" if key else ""
+        # One ListObjectsV2 call returns at most 1000 keys; the paginator follows the continuation
+        # tokens. Pages are fetched inside _call so a missing bucket mid-listing is a clear error.
         paginator = self.client.get_paginator("list_objects_v2")
-        out = []
         pages = paginator.paginate(Bucket=bucket, Prefix=key)
+        out = []
         for page in self._call("list", prefix, lambda: list(pages)):
-            out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
-        return sorted(out)
+            out.extend(ObjectInfo(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), obj.get("ETag"))
+                       for obj in page.get("Contents", []))
+        return sorted(out, key=lambda o: o.uri)
 
     def delete(self, uri: str) -> None:
         bucket, key = self._split(uri)

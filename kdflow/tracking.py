@@ -27,6 +27,9 @@ class Tag:
     DATASET_FINGERPRINT = "kdflow.dataset_fingerprint"
     TEACHER_DIGEST = "kdflow.teacher_digest"
     TEACHER_URI = "kdflow.teacher_uri"
+    # The teacher as given to the run, before adaptation (TEACHER_DIGEST is the labelling teacher's).
+    TEACHER_INPUT_DIGEST = "kdflow.teacher_input_digest"
+    CONFIG_HASH = "kdflow.config_hash"  # the run config without its locations (kdflow.lineage)
     CACHE_KEY = "kdflow.softlabel_cache_key"
     CACHE_HIT = "kdflow.softlabel_cache_hit"
     PIPELINE_RUN = "kdflow.pipeline_run"
@@ -42,7 +45,8 @@ class Tag:
     REGISTERED_VERSION = "kdflow.registered_version"
 
     # Copied from the run onto the model version, so the registry alone says where a model came from.
-    LINEAGE = (DATASET_FINGERPRINT, TEACHER_DIGEST, CACHE_KEY, PIPELINE_RUN, METHOD)
+    LINEAGE = (DATASET_FINGERPRINT, TEACHER_DIGEST, TEACHER_INPUT_DIGEST, CONFIG_HASH, CACHE_KEY, PIPELINE_RUN,
+               METHOD)
 class SweepTag:
     """Tags of a sweep's runs (written by the start and select steps, read here)."""
 

@@ -6,25 +6,40 @@ import contextlib
 from typing import Any, Iterator
 
 
-def compile_pipeline(path: str) -> str:
+def compile_pipeline(path: str, pipeline: str = "distill", platform_file: str | None = None,
+                     image_prefix: str | None = None) -> str:
+    """Write the ``pipeline`` ("distill" or "sweep") spec for a cluster to ``path``, with the Kubernetes
+    settings of ``platform_file`` (None: the defaults) and images under ``image_prefix``."""
     from kfp import compiler
 
-    from pipelines.distill_pipeline import distill_pipeline
+    from kdflow.platform import Platform
 
-    compiler.Compiler().compile(distill_pipeline, package_path=path)
+    platform = Platform.load(platform_file)
+    if pipeline == "sweep":
+        from kdflow.pipelines.sweep_pipeline import make_sweep_pipeline
+
+        compiler.Compiler().compile(make_sweep_pipeline(platform=platform), package_path=path)
+    else:
+        from kdflow.pipelines.distill_pipeline import make_distill_pipeline
+
+        compiler.Compiler().compile(make_distill_pipeline(platform), package_path=path)
+    if image_prefix:
+        retarget_images(path, image_prefix)
     return path
 
 
-def run_local(pipeline_root: str, arguments: dict[str, Any]) -> str:
-    """Run every task as a subprocess of this interpreter (kfp.local.SubprocessRunner); returns the
-    MLflow run id. Raises when a task fails."""
+def run_local(pipeline_root: str, arguments: dict[str, Any], runner: Any = None) -> str:
+    """Run the pipeline on this machine: every task as a subprocess of this interpreter
+    (kfp.local.SubprocessRunner), or in its container image with ``runner=kfp.local.DockerRunner(...)``.
+    Returns the MLflow run id. Raises when a task fails."""
     from kfp import local
 
-    from pipelines.distill_pipeline import distill_pipeline
+    from kdflow.pipelines.distill_pipeline import make_distill_pipeline
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
+    runner = runner or local.SubprocessRunner(use_venv=False)
+    local.init(runner=runner, pipeline_root=pipeline_root, raise_on_error=True)
     with _local_warnings_ignored():
-        return distill_pipeline(**arguments).output
+        return make_distill_pipeline()(**arguments).output
 
 
 @contextlib.contextmanager
@@ -40,14 +55,9 @@ def _local_warnings_ignored() -> Iterator[None]:
         yield
 
 
-def compile_sweep(path: str) -> str:
+def compile_sweep(path: str, platform_file: str | None = None) -> str:
     """The sweep pipeline for a cluster (up to ``CLUSTER_PARALLELISM`` trials at a time)."""
-    from kfp import compiler
-
-    from pipelines.sweep_pipeline import make_sweep_pipeline
-
-    compiler.Compiler().compile(make_sweep_pipeline(), package_path=path)
-    return path
+    return compile_pipeline(path, "sweep", platform_file)
 
 
 def run_sweep_local(pipeline_root: str, arguments: dict[str, Any]) -> str:
@@ -60,7 +70,7 @@ def run_sweep_local(pipeline_root: str, arguments: dict[str, Any]) -> str:
 
     from kdflow.sweep.summary import find_parent
     from kdflow.tracking import SweepTag
-    from pipelines.sweep_pipeline import LOCAL_PARALLELISM, make_sweep_pipeline
+    from kdflow.pipelines.sweep_pipeline import LOCAL_PARALLELISM, make_sweep_pipeline
 
     arguments = {"sweep_id": f"sweep-{uuid.uuid4().hex[:12]}", **arguments}
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
@@ -76,7 +86,7 @@ def retarget_images(path: str, prefix: str) -> None:
     """Point every executor of a compiled spec at images under ``prefix`` (same names and tags)."""
     import yaml
 
-    from components.images import IMAGE_PREFIX
+    from kdflow.components.images import IMAGE_PREFIX
 
     with open(path) as f:
         docs = list(yaml.safe_load_all(f))

@@ -3,15 +3,18 @@
 
 from kfp import dsl
 
-from components.adapt_teacher import adapt_teacher
-from components.distill import distill
-from components.evaluate import evaluate
-from components.finish_sweep import finish_sweep
-from components.preprocess import preprocess
-from components.register import register
-from components.select_trial import select_trial
-from components.start_sweep import start_sweep
-from components.teacher_inference import teacher_inference
+from kdflow.components.adapt_teacher import adapt_teacher
+from kdflow.components.distill import distill
+from kdflow.components.evaluate import evaluate
+from kdflow.components.finish_sweep import finish_sweep
+from kdflow.components.fingerprint_inputs import fingerprint_inputs
+from kdflow.components.preprocess import preprocess
+from kdflow.components.register import register
+from kdflow.components.select_trial import select_trial
+from kdflow.components.start_sweep import start_sweep
+from kdflow.components.teacher_inference import teacher_inference
+from kdflow.pipelines.kubernetes import cpu_step, gpu_step
+from kdflow.platform import Platform
 
 PIPELINE_NAME = "kdflow-sweep"
 # How many trials train at once. On a cluster each trial is a pod with its own GPU: 8 bounds what one
@@ -22,9 +25,17 @@ CLUSTER_PARALLELISM = 8
 LOCAL_PARALLELISM = 1
 
 
-def make_sweep_pipeline(parallelism: int = CLUSTER_PARALLELISM):
+def make_sweep_pipeline(parallelism: int = CLUSTER_PARALLELISM, platform: Platform | None = None):
     """The sweep pipeline with ``parallelism`` trials at a time (fixed when the spec is built: KFP
-    takes it as a number in the spec, not as a run parameter)."""
+    takes it as a number in the spec, not as a run parameter); ``platform``: the Kubernetes settings
+    of its tasks (None for kfp.local). Only preprocess and the teacher steps may hit KFP's cache (see
+    distill_pipeline.py); the rest write MLflow runs."""
+
+    def cpu(task, cache: bool = False):
+        return cpu_step(task, platform).set_caching_options(cache)
+
+    def gpu(task, cache: bool = False):
+        return gpu_step(task, platform).set_caching_options(cache)
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Distil many students from one teacher run; register the best.")
     def sweep_pipeline(data_uri: str, teacher_uri: str, config: str, trials: str, cache_uri: str,
@@ -34,42 +45,48 @@ def make_sweep_pipeline(parallelism: int = CLUSTER_PARALLELISM):
         the steps' MLFLOW_TRACKING_URI. ``sweep_id`` tags the MLflow parent run (empty: the pipeline
         run's name); the winner is its tag kdflow.sweep.best_run_id. Nothing is returned: KFP takes
         pipeline outputs only from outside the exit handler, and everything runs inside it."""
+        # (The trials take no teacher digest: inside a loop kfp.local replaces other tasks' parameter
+        # outputs with the loop item, see below; the labelling teacher's digest is tagged instead.)
         # A failed sweep must not leave its parent run looking in progress: the exit task closes it.
         # (It finds the parent by the sweep's id: an exit task takes no other task's output.)
-        finish = finish_sweep(sweep_id=sweep_id, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                              tracking_uri=tracking_uri)
+        finish = cpu(finish_sweep(sweep_id=sweep_id, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                                  tracking_uri=tracking_uri))
         finish.set_display_name("finish-sweep")
         with dsl.ExitHandler(finish, name="sweep"):
-            prep = preprocess(data_uri=data_uri, config=config).set_display_name("preprocess")
-            adapt = adapt_teacher(dataset=prep.outputs["dataset"], teacher_uri=teacher_uri, config=config,
-                                  cache_uri=cache_uri).set_display_name("teacher-adaptation")
-            labels = teacher_inference(dataset=prep.outputs["dataset"], teacher_uri=adapt.output, config=config,
-                                       cache_uri=cache_uri).set_display_name("teacher-inference")
-            for gpu_task in (adapt, labels):
-                gpu_task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+            inputs = cpu(fingerprint_inputs(data_uri=data_uri, teacher_uri=teacher_uri, config=config,
+                                            tracking_uri=tracking_uri)).set_display_name("fingerprint-inputs")
+            teacher_digest = inputs.outputs["teacher_digest"]
+            prep = cpu(preprocess(data_uri=data_uri, config=config,
+                                  source_fingerprint=inputs.outputs["source_fingerprint"]),
+                       cache=True).set_display_name("preprocess")
+            adapt = gpu(adapt_teacher(dataset=prep.outputs["dataset"], teacher_uri=teacher_uri, config=config,
+                                      cache_uri=cache_uri, teacher_digest=teacher_digest),
+                        cache=True).set_display_name("teacher-adaptation")
+            labels = gpu(teacher_inference(dataset=prep.outputs["dataset"], teacher_uri=adapt.output, config=config,
+                                           cache_uri=cache_uri, teacher_digest=teacher_digest),
+                         cache=True).set_display_name("teacher-inference")
             # After the labels: a teacher that fails leaves no parent run behind.
-            start = start_sweep(dataset=prep.outputs["dataset"], config=config, trials=trials, tracking_uri=tracking_uri,
-                                pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                                sweep_id=sweep_id).after(labels)
+            start = cpu(start_sweep(dataset=prep.outputs["dataset"], config=config, trials=trials,
+                                    tracking_uri=tracking_uri, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                                    sweep_id=sweep_id)).after(labels)
             start.set_display_name("start-sweep")
             # The trials take the parent run id and the pipeline run's name from start-sweep's items, not
             # as outputs or placeholders: see components/start_sweep.py (inside a loop kfp.local replaces
             # other task outputs with the loop item and names the job "<run>/for-loop-1-iteration-<i>").
             with dsl.ParallelFor(start.output, parallelism=parallelism) as trial:
-                train = distill(dataset=prep.outputs["dataset"], soft_labels=labels.outputs["soft_labels"],
-                                config=trial.config, tracking_uri=tracking_uri, pipeline_run=trial.pipeline_run,
-                                parent_run_id=trial.parent_run_id, run_name=trial.run_name
-                                ).set_display_name("trial")
-                train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-            pick = select_trial(models=dsl.Collected(train.outputs["model"]),
-                                run_ids=dsl.Collected(train.outputs["run_id"]), sweep=start.output, trials=trials,
-                                tracking_uri=tracking_uri).set_display_name("select-trial")
-            check = evaluate(dataset=prep.outputs["dataset"], soft_labels=labels.outputs["soft_labels"],
-                             model=pick.outputs["best"], config=pick.outputs["config"], tracking_uri=tracking_uri,
-                             run_id=pick.outputs["run_id"]).set_display_name("evaluation")
+                train = gpu(distill(dataset=prep.outputs["dataset"], soft_labels=labels.outputs["soft_labels"],
+                                    config=trial.config, tracking_uri=tracking_uri, pipeline_run=trial.pipeline_run,
+                                    parent_run_id=trial.parent_run_id, run_name=trial.run_name)
+                            ).set_display_name("trial")
+            pick = cpu(select_trial(models=dsl.Collected(train.outputs["model"]),
+                                    run_ids=dsl.Collected(train.outputs["run_id"]), sweep=start.output, trials=trials,
+                                    tracking_uri=tracking_uri)).set_display_name("select-trial")
+            check = cpu(evaluate(dataset=prep.outputs["dataset"], soft_labels=labels.outputs["soft_labels"],
+                                 model=pick.outputs["best"], config=pick.outputs["config"], tracking_uri=tracking_uri,
+                                 run_id=pick.outputs["run_id"])).set_display_name("evaluation")
             with dsl.If(check.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
-                register(run_id=pick.outputs["run_id"], model_uri=pick.outputs["model_uri"], config=pick.outputs["config"],
-                         tracking_uri=tracking_uri).set_display_name("registration")
+                cpu(register(run_id=pick.outputs["run_id"], model_uri=pick.outputs["model_uri"],
+                             config=pick.outputs["config"], tracking_uri=tracking_uri)).set_display_name("registration")
 
     return sweep_pipeline
 

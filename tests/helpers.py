@@ -50,6 +50,18 @@ def make_image_folder(root: Path, per_class: int = 20, size: int = 12) -> Path:
     return root
 
 
+def upload_folder(folder: Path, bucket: str, prefix: str) -> str:
+    """Every file below ``folder`` as objects under s3://bucket/prefix/ (through the S3 endpoint the
+    environment names): data on a cluster lives in object storage. Returns that URI."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            s3.put_object(Bucket=bucket, Key=f"{prefix}/{p.relative_to(folder).as_posix()}", Body=p.read_bytes())
+    return f"s3://{bucket}/{prefix}/"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,7 +5,8 @@ Layouts accepted (the ones Keras' ``flow_from_directory`` and torchvision's ``Im
     root/<class>/<file>                       no predefined split
     root/{train,val,test}/<class>/<file>      predefined splits (``train`` required, others optional)
 
-Files below a class folder are found recursively. Every file is read once: its bytes give the
+The folder may be local or an S3 prefix (``kdflow.data.source`` lists and reads both alike). Files
+below a class folder are found recursively. Every file is read once: its bytes give the
 content hash (duplicate detection, stable sample id) and are decoded with Pillow. A file that does
 not decode completely is dropped with a reason; nothing is silently skipped.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
@@ -23,6 +24,7 @@ from typing import get_args
 import numpy as np
 
 from kdflow.config import ResizeMode
+from kdflow.data.source import SourceListing, is_remote, read_source_bytes
 from kdflow.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -32,7 +34,7 @@ SPLITS = ("train", "val", "test")
 class Candidate:
     """A file found in a class folder, before decoding."""
 
-    path: Path
+    path: Path | str  # a local Path, or an s3:// URI (see kdflow.data.source.read_source_bytes)
     rel: str  # path relative to the dataset root, for reports
     label_name: str
     split: str | None  # predefined split, or None
@@ -48,36 +50,47 @@ class Decoded:
     reason: str | None  # why it was dropped
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
 
 
-def scan(root: Path) -> tuple[list[Candidate], list[str], list[dict]]:
-    """Find candidate files. Returns (candidates, class names, files outside any class folder)."""
-    if not root.is_dir():
+def scan(listing: SourceListing) -> tuple[list[Candidate], list[str], list[dict]]:
+    """Find candidate files. Returns (candidates, class names, files outside any class folder).
+
+    Works on the listing's relative paths, so a local folder and its copy on S3 scan alike.
+    """
+    root = listing.root
+    parts_of = [(f, tuple(f.rel.split("/"))) for f in listing.files]
+    folders = {p[:i] for _, p in parts_of for i in range(1, len(p))}
+    folders |= {tuple(d.split("/"))[:i] for d in listing.empty_dirs for i in range(1, d.count("/") + 2)}
+
+    def subfolders(parent: tuple[str, ...]) -> list[str]:
+        n = len(parent)
+        return sorted(f[n] for f in folders if len(f) == n + 1 and f[:n] == parent and _visible(f[n]))
+
+    top = subfolders(())
+    split_layout = "train" in top and all(d in SPLITS for d in top)
+    if not split_layout and any(d in ("train", "test") for d in top):
         raise DataError(
-            f"dataset folder {root} does not exist or is not a folder",
-            "pass a folder laid out as root/<class>/<image> (or root/train/<class>/<image>)",
-        )
-    top = _class_dirs(root)
-    split_layout = any(d.name == "train" for d in top) and all(d.name in SPLITS for d in top)
-    if not split_layout and any(d.name in ("train", "test") for d in top):
-        raise DataError(
-            f"{root} mixes split folders (train/, val/, test/) with other folders: "
-            f"{', '.join(d.name for d in top)}",
+            f"{root} mixes split folders (train/, val/, test/) with other folders: {', '.join(top)}",
             "either put every class under train/ (and optionally val/, test/), or use root/<class>/ only",
         )
-    groups = [(d, d.name) for d in top] if split_layout else [(root, None)]
+    # (folder, predefined split): the folders whose subfolders are classes.
+    class_parents = [((d,), d) for d in top] if split_layout else [((), None)]
     candidates: list[Candidate] = []
     stray: list[dict] = []
     classes: set[str] = set()
-    for folder, split in groups:
-        for f in sorted(p for p in folder.iterdir() if p.is_file()):
-            stray.append({"path": str(f.relative_to(root)), "reason": "file outside any class folder"})
-        for class_dir in _class_dirs(folder):
-            classes.add(class_dir.name)
-            for f in sorted(p for p in class_dir.rglob("*") if p.is_file()):
-                candidates.append(Candidate(f, str(f.relative_to(root)), class_dir.name, split))
+    in_class: dict[tuple[str, ...], list] = {}
+    for f, p in parts_of:
+        if len(p) == 1 or (split_layout and len(p) == 2 and p[0] in top):
+            stray.append({"path": f.rel, "reason": "file outside any class folder"})
+        else:
+            in_class.setdefault(p[: 2 if split_layout else 1], []).append(f)
+    for folder, split in class_parents:
+        for name in subfolders(folder):
+            classes.add(name)
+            for f in in_class.get(folder + (name,), []):
+                candidates.append(Candidate(f.location, f.rel, name, split))
     if not classes:
         raise DataError(
             f"{root} has no class folders",
@@ -120,11 +133,13 @@ def resize_to_square(img, size: int, resize: str = "squash"):
     return img.crop((left, top, left + size, top + size))
 
 
-def decode_one(c: Candidate, size: int, resize: str = "squash") -> Decoded:
-    """Hash and decode one file; bring it to ``size`` x ``size`` RGB (see ``resize_to_square``)."""
+def decode_one(c: Candidate, size: int, resize: str = "squash", data: bytes | None = None) -> Decoded:
+    """Hash and decode one file (``data``: its bytes, when already fetched); bring it to ``size`` x
+    ``size`` RGB (see ``resize_to_square``)."""
     from PIL import Image, ImageFile, UnidentifiedImageError
 
-    data = c.path.read_bytes()
+    if data is None:
+        data = read_source_bytes(c.path)
     sha = hashlib.sha256(data).hexdigest()
 
     def dropped(reason: str) -> Decoded:
@@ -148,8 +163,17 @@ def decode_one(c: Candidate, size: int, resize: str = "squash") -> Decoded:
     return Decoded(c.rel, c.label_name, c.split, sha, np.asarray(rgb, dtype=np.uint8).copy(), None)
 
 
+FETCH_THREADS = 16  # concurrent GETs per process when the files are S3 objects
+
+
 def _decode_chunk(args: tuple[list[Candidate], int, str]) -> list[Decoded]:
     chunk, size, resize = args
+    if any(not isinstance(c.path, Path) and is_remote(c.path) for c in chunk):
+        # One S3 GET is a round trip of milliseconds: fetch a chunk's objects concurrently (in
+        # order), then decode. Local files are read as they are decoded.
+        with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
+            blobs = list(pool.map(read_source_bytes, [c.path for c in chunk]))
+        return [decode_one(c, size, resize, data) for c, data in zip(chunk, blobs)]
     return [decode_one(c, size, resize) for c in chunk]
 
 
@@ -158,9 +182,9 @@ def decode_all(
 ) -> list[Decoded]:
     """Decode every candidate, in order; across processes when there are many."""
     workers = workers or min(8, os.cpu_count() or 1)
-    if workers <= 1 or len(candidates) < 2000:
-        return [decode_one(c, size, resize) for c in candidates]
     step = 512
     chunks = [(candidates[i : i + step], size, resize) for i in range(0, len(candidates), step)]
+    if workers <= 1 or len(candidates) < 2000:
+        return [d for chunk in chunks for d in _decode_chunk(chunk)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return [d for part in pool.map(_decode_chunk, chunks) for d in part]

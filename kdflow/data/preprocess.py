@@ -9,6 +9,7 @@ import numpy as np
 
 from kdflow import __version__
 from kdflow.config import DataConfig
+from kdflow.data.groups import PHASH, group_samples
 from kdflow.data.imagefolder import decode_all, scan
 from kdflow.data.shards import (
     FORMAT,
@@ -18,9 +19,10 @@ from kdflow.data.shards import (
     write_manifest,
     write_split_shards,
 )
-from kdflow.data.split import Sample, assign_splits, deduplicate
+from kdflow.data.source import list_source
+from kdflow.data.split import SPLIT_METHOD, Sample, assign_splits, deduplicate
 from kdflow.errors import DataError
-from kdflow.storage import join, local_path, storage_for
+from kdflow.storage import join, storage_for
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +45,27 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return [round(float(v), 6) for v in mean], [round(float(max(v, 1e-6)), 6) for v in std]
 
 
+def split_spec(cfg: DataConfig) -> dict:
+    """What decides the split: part of the preprocessing spec, hence of the dataset fingerprint."""
+    spec = {"method": SPLIT_METHOD, "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
+            "seed": cfg.seed, "group_by": cfg.group_by}
+    # Only the settings the grouping uses: an unused one must not change the fingerprint.
+    if cfg.group_by == "phash":
+        spec.update(group_hash=PHASH, group_distance=cfg.group_distance)
+    elif cfg.group_by == "regex":
+        spec["group_pattern"] = cfg.group_pattern
+    return spec
+
+
 def preprocess(data_uri: str, out_root: str, cfg: DataConfig) -> DatasetManifest:
-    """Ingest ``data_uri`` (a local image folder) and write shards plus manifest under ``out_root``.
+    """Ingest ``data_uri`` (an image folder: a local path, ``file://`` or ``s3://bucket/prefix/``) and
+    write shards plus manifest under ``out_root``.
 
     The manifest is written last: a folder without one is not a dataset.
     """
-    if "://" in data_uri and not data_uri.startswith("file://"):
-        raise DataError(
-            f"data URI {data_uri} is not a local folder; preprocess reads image folders from local disk",
-            "copy the folder locally (or mount it into the step) and pass its path",
-        )
-    root = local_path(data_uri)
-    candidates, class_names, stray = scan(root)
+    listing = list_source(data_uri)
+    root = listing.root
+    candidates, class_names, stray = scan(listing)
     if len(class_names) < 2:
         raise DataError(f"{root} has {len(class_names)} class folder(s)", "a classifier needs at least 2 classes")
     decoded = decode_all(candidates, cfg.image_size, resize=cfg.resize)
@@ -62,7 +73,19 @@ def preprocess(data_uri: str, out_root: str, cfg: DataConfig) -> DatasetManifest
     samples, dup_report = deduplicate([d for d in decoded if d.image is not None], class_names)
     if not samples:
         raise DataError(f"no readable images in {root}", "check the files; the report lists why each was dropped")
-    splits = assign_splits(samples, class_names, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    grouping = group_samples(samples, cfg)
+    log.info("preprocess: group_by %s: %d groups of %d samples, largest %d", cfg.group_by, grouping.count,
+             len(samples), grouping.largest)
+    if cfg.group_by != "none" and len(samples) >= 100 and grouping.largest > 0.1 * len(samples):
+        log.warning("preprocess: one group holds %d of %d samples (%.0f%%), and a group lands in one split; "
+                    "%s", grouping.largest, len(samples), 100.0 * grouping.largest / len(samples),
+                    "lower data.group_distance" if cfg.group_by == "phash" else "check data.group_pattern")
+    result = assign_splits(samples, class_names, cfg.val_fraction, cfg.test_fraction, cfg.seed,
+                           None if cfg.group_by == "none" else grouping.keys)
+    if result.moved_to_held_out:
+        log.info("preprocess: %d samples follow a near-duplicate in a predefined val/ or test/ folder",
+                 result.moved_to_held_out)
+    splits = result.splits
 
     spec = {
         "image_size": cfg.image_size,
@@ -71,9 +94,7 @@ def preprocess(data_uri: str, out_root: str, cfg: DataConfig) -> DatasetManifest
         # and with it the soft-label cache key, must differ between squash and short_side.
         "resize": cfg.resize,
         "interpolation": "bilinear",
-        "val_fraction": cfg.val_fraction,
-        "test_fraction": cfg.test_fraction,
-        "seed": cfg.seed,
+        "split": split_spec(cfg),
     }
     split_info: dict[str, dict] = {}
     mean = std = None
@@ -90,13 +111,14 @@ def preprocess(data_uri: str, out_root: str, cfg: DataConfig) -> DatasetManifest
     manifest = {
         "format": FORMAT,
         "kdflow_version": __version__,
-        "source": str(root),
+        "source": root,
         "spec": spec,
         "class_names": class_names,
         "splits": split_info,
         "stats": {"mean": mean, "std": std},
         "report": {"files_seen": len(candidates) + len(stray), "dropped": len(dropped),
-                   "duplicates_removed": len(dup_report)},
+                   "duplicates_removed": len(dup_report), "groups": grouping.count,
+                   "largest_group": grouping.largest, "moved_to_held_out": result.moved_to_held_out},
         "fingerprint": fingerprint(spec, class_names, split_info),
     }
     storage_for(out_root).write_bytes(join(out_root, "report.json"), json.dumps(report, indent=2).encode())

@@ -87,7 +87,7 @@ class Combined(Distiller):
             for name in self.methods:
                 if name not in self.weights:
                     raise ConfigError(f"distill.options.methods.{name} is given but '{name}' has no weight",
-                                      f"add it to distill.options.weights, or remove its options")
+                                      "add it to distill.options.weights, or remove its options")
             non_negative("ce_weight", self.ce_weight)
             resolved = {m: _part_options(m, self.methods.get(m)) for m in self.weights}
             object.__setattr__(self, "weights", {m: float(w) for m, w in self.weights.items()})

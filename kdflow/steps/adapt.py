@@ -39,8 +39,12 @@ def recipe(cfg: Config) -> TrainConfig:
                        momentum=0.9, weight_decay=5e-4, warmup_epochs=0, seed=0, device=cfg.train.device)
 
 
-def run_adaptation(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_uri: str) -> dict:
-    """Returns {"teacher_uri": the teacher to use from here on, "adapted", "reused", val accuracies}."""
+def run_adaptation(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_uri: str,
+                   expected_digest: str = "") -> dict:
+    """Returns {"teacher_uri": the teacher to use from here on, "adapted", "reused", val accuracies}.
+
+    ``expected_digest`` (the digest taken when the run started, which keys KFP's cache) must match
+    the teacher read now: a teacher replaced mid-run would otherwise be adapted under the old key."""
     setup_logging()
     cfg = Config.from_yaml(config_yaml)
     if cfg.teacher.adapt_epochs == 0:
@@ -49,6 +53,10 @@ def run_adaptation(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_u
         raise KdflowError("no teacher given to adapt", "pass a teacher (a state_dict or kdflow checkpoint)")
     dataset = DatasetManifest.open(dataset_dir)
     source = TeacherSource(teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std)
+    if expected_digest and source.digest() != expected_digest:
+        raise KdflowError(f"the teacher at {teacher_uri} changed after the run started "
+                          f"(digest {source.digest()[:12]}, expected {expected_digest[:12]})",
+                          "run the pipeline again; do not replace a teacher while a run uses it")
     train_cfg = recipe(cfg)
     settings = {k: v for k, v in dataclasses.asdict(train_cfg).items() if k != "device"}
     name = digest_of({"teacher": source.digest(), "dataset": dataset.fingerprint, "recipe": settings,

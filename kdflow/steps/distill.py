@@ -11,6 +11,7 @@ from kdflow.config import Config
 from kdflow.logs import setup_logging
 from kdflow.data.shards import DatasetManifest
 from kdflow.evaluation import accuracy
+from kdflow.lineage import config_hash
 from kdflow.distillers import build_distiller
 from kdflow.errors import CacheError
 from kdflow.models import Classifier, create_model
@@ -29,15 +30,21 @@ log = logging.getLogger(__name__)
 STUDENT_FILE = "student.pt"
 
 
-def _tags(dataset: DatasetManifest, ref: SoftLabelRef, pipeline_run: str) -> dict[str, str]:
-    return {
+def _tags(dataset: DatasetManifest, ref: SoftLabelRef, pipeline_run: str, cfg: Config,
+          teacher_input_digest: str) -> dict[str, str]:
+    tags = {
         Tag.DATASET_FINGERPRINT: dataset.fingerprint,
+        Tag.CONFIG_HASH: config_hash(cfg),
         Tag.TEACHER_DIGEST: ref.teacher_digest,
         Tag.TEACHER_URI: ref.teacher_uri,
         Tag.CACHE_KEY: ref.cache_key,
         Tag.CACHE_HIT: str(ref.cache_hit).lower(),
         Tag.PIPELINE_RUN: pipeline_run,
     }
+    # The teacher as given decides the champion check; without adaptation it labelled the data itself.
+    if teacher_input_digest or cfg.teacher.adapt_epochs == 0:
+        tags[Tag.TEACHER_INPUT_DIGEST] = teacher_input_digest or ref.teacher_digest
+    return tags
 
 
 def run_distillation(
@@ -49,6 +56,7 @@ def run_distillation(
     pipeline_run: str = "",
     parent_run_id: str = "",
     run_name: str = "",
+    teacher_input_digest: str = "",
 ) -> dict:
     """Train the student; write ``student.pt`` to ``out_dir``; log the run and model to MLflow.
 
@@ -108,7 +116,8 @@ def run_distillation(
     with mlflow.start_run(experiment_id=exp, run_name=run_name or f"{cfg.distill.method}-{cfg.student.arch}",
                           parent_run_id=parent_run_id or None) as run:
         tracking.log_config(cfg)
-        tracking.set_tags({**_tags(dataset, ref, pipeline_run), Tag.METHOD: cfg.distill.method,
+        tracking.set_tags({**_tags(dataset, ref, pipeline_run, cfg, teacher_input_digest),
+                           Tag.METHOD: cfg.distill.method,
                            Tag.STUDENT_ARCH: cfg.student.arch, Tag.DEVICE: str(device),
                            Tag.TEACHER_MODE: cfg.teacher_mode(),
                            Tag.VIEWS: ref.views})

@@ -17,4 +17,5 @@ def run_preprocess(data_uri: str, config_yaml: str, out_dir: str) -> dict:
         "counts": {s: manifest.count(s) for s in manifest.data["splits"]},
         "dropped": manifest.data["report"]["dropped"],
         "duplicates_removed": manifest.data["report"]["duplicates_removed"],
+        "groups": manifest.data["report"]["groups"],  # split units: samples, or near-duplicate groups
     }

@@ -11,11 +11,11 @@ from typing import NamedTuple
 import pytest
 from kfp import dsl, local
 
-from components.distill import distill
-from components.evaluate import evaluate
-from components.preprocess import preprocess
-from components.register import register
-from components.teacher_inference import teacher_inference
+from kdflow.components.distill import distill
+from kdflow.components.evaluate import evaluate
+from kdflow.components.preprocess import preprocess
+from kdflow.components.register import register
+from kdflow.components.teacher_inference import teacher_inference
 
 pytestmark = pytest.mark.component
 
@@ -32,7 +32,10 @@ def test_preprocess_component(runner, tiny_data, tiny_config_yaml):
     dataset = prep.outputs["dataset"]
     manifest = json.loads((Path(dataset.path) / "manifest.json").read_text())
     assert prep.outputs["Output"] == manifest["fingerprint"] == dataset.metadata["fingerprint"]
-    assert dataset.metadata["counts"] == {"train": 36, "val": 9, "test": 15}
+    counts = dataset.metadata["counts"]
+    assert counts == {s: manifest["splits"][s]["count"] for s in ("train", "val", "test")}
+    assert sum(counts.values()) == 60 and min(counts.values()) > 0  # per-sample hash split of 60 images
+    assert dataset.metadata["groups"] == 60  # no grouping: every sample is its own group
 
 
 def test_preprocess_component_fails_cleanly(runner, tmp_path, tiny_config_yaml):

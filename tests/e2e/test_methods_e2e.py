@@ -10,7 +10,7 @@ import yaml
 
 from kdflow.config import Config
 from kdflow.summary import read_summary
-from pipelines.local import run_local
+from kdflow.pipelines.local import run_local
 
 pytestmark = pytest.mark.e2e
 

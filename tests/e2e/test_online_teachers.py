@@ -53,7 +53,7 @@ def test_online_kd_with_every_teacher_kind(kind, tmp_path, tiny_data, tiny_teach
     teacher_uri, teacher_lines = _teacher(kind, tiny_teacher, tmp_path, tracking_uri)
     base = yaml.safe_load(tiny_config_yaml)
     text = yaml.safe_dump({**base, **yaml.safe_load(teacher_lines), **yaml.safe_load(ONLINE),
-                           "train": {**base["train"], "epochs": 6}})
+                           "train": {**base["train"], "epochs": 10}})
     cfg = Config.from_yaml(text)
     assert cfg.cached_views() == 0 and not cfg.replays_cache()
     preprocess(str(tiny_data), str(tmp_path / "ds"), cfg.data)
@@ -71,7 +71,7 @@ def test_online_kd_with_every_teacher_kind(kind, tmp_path, tiny_data, tiny_teach
     monkeypatch.setattr(Frozen, "forward", recording_forward)
     result = run_distillation(str(tmp_path / "ds"), str(tmp_path / "ref"), text, str(tmp_path / "out"), tracking_uri)
 
-    steps = 6 * (36 // cfg.train.batch_size)  # tiny_data has 36 training images
+    steps = 10 * (39 // cfg.train.batch_size)  # tiny_data has 39 training images
     assert len(calls) == steps and set(calls) == {cfg.train.batch_size}  # one teacher pass per batch
     # ...on the augmented pictures the student trains on, not the plain ones.
     plain = DatasetManifest.open(str(tmp_path / "ds")).load_split("train").images

@@ -6,15 +6,17 @@ import pytest
 
 from kdflow.config import Config
 from kdflow.summary import read_summary
-from pipelines.local import run_local
+from kdflow.pipelines.local import run_local
+from tests.helpers import upload_folder
 
 pytestmark = pytest.mark.e2e
 
 
-def _arguments(config_yaml, data, teacher, cache_uri, tracking_uri):
+def _arguments(config_yaml, data, teacher, cache_uri, tracking_uri, **extra):
     cfg = Config.from_yaml(config_yaml)
     return {"data_uri": str(data), "teacher_uri": teacher, "config": cfg.to_yaml(), "cache_uri": cache_uri,
-            "tracking_uri": tracking_uri}
+            "tracking_uri": tracking_uri, **extra}
+
 
 
 def test_pipeline_registers_then_reuses_the_cache(tmp_path, tiny_data, tiny_teacher, tiny_config_yaml,
@@ -26,12 +28,15 @@ def test_pipeline_registers_then_reuses_the_cache(tmp_path, tiny_data, tiny_teac
 
     config = tiny_config_yaml.replace("tiny-student", "e2e-student")
     cache_uri = f"s3://{s3_bucket}/softlabels-cache"
-    args = _arguments(config, tiny_data, tiny_teacher, cache_uri, mlflow_server)
+    s3 = boto3.client("s3")
+    # Data and teacher in object storage, as on a cluster: nothing read from the submitting machine.
+    data_uri = upload_folder(tiny_data, s3_bucket, "datasets/tiny")
+    s3.upload_file(tiny_teacher, s3_bucket, "teachers/tiny.pt")
+    args = _arguments(config, data_uri, f"s3://{s3_bucket}/teachers/tiny.pt", cache_uri, mlflow_server)
 
     first = read_summary(run_local(str(tmp_path / "root"), args), mlflow_server)
     assert not first.cache_hit and first.gate_passed
     assert first.registered_model == "e2e-student" and first.registered_version == "1"
-    s3 = boto3.client("s3")
     objects = s3.list_objects_v2(Bucket=s3_bucket, Prefix="softlabels-cache/")["Contents"]
     manifests = [o for o in objects if "/entries/" in o["Key"]]
     assert len(manifests) == 1 and manifests[0]["Key"].endswith(f"{first.cache_key}.json")
@@ -78,6 +83,17 @@ def test_pipeline_registers_then_reuses_the_cache(tmp_path, tiny_data, tiny_teac
     assert s3.get_object(Bucket=s3_bucket, Key=manifests[0]["Key"])["Body"].read() == manifest_before
     assert second.registered_version == "2"
     assert client.get_model_version_by_alias("e2e-student", "challenger").version == "2"
+
+    # A scheduled run (skip_unchanged) on the same data, teacher and config as the champion stops
+    # after preprocessing and says why: no MLflow run, no model version.
+    version = client.get_model_version("e2e-student", "2")
+    assert {"kdflow.config_hash", "kdflow.teacher_input_digest"} <= set(version.tags)
+    client.set_registered_model_alias("e2e-student", "champion", "2")  # what promotion does
+    runs_before = len(client.search_runs([run.info.experiment_id]))
+    third = run_local(str(tmp_path / "root"), {**args, "skip_unchanged": True})
+    assert third.startswith("unchanged: nothing changed since e2e-student version 2 (@champion)")
+    assert len(client.search_runs([run.info.experiment_id])) == runs_before
+    assert sorted(v.version for v in client.search_model_versions("name='e2e-student'")) == ["1", "2"]
 
 
 def test_failed_gate_registers_nothing_and_says_why(tmp_path, tiny_data, tiny_teacher, tiny_config_yaml,

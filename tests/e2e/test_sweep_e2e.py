@@ -5,7 +5,7 @@ import pytest
 
 from kdflow.config import Config
 from kdflow.sweep import SweepSpec, expand
-from pipelines.local import run_sweep_local
+from kdflow.pipelines.local import run_sweep_local
 from tests.helpers import run_kdflow
 
 pytestmark = pytest.mark.e2e

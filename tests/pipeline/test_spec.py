@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from kdflow import __version__
-from pipelines.local import compile_pipeline, retarget_images
+from kdflow.pipelines.local import compile_pipeline, retarget_images
 
 pytestmark = pytest.mark.pipeline
 
@@ -16,29 +16,45 @@ pytestmark = pytest.mark.pipeline
 def spec(tmp_path_factory):
     path = tmp_path_factory.mktemp("spec") / "pipeline.yaml"
     compile_pipeline(str(path))
-    return yaml.safe_load(path.read_text())
+    return next(yaml.safe_load_all(path.read_text()))  # the second document: Kubernetes settings
 
 
 def _executor(spec, name):
     return spec["deploymentSpec"]["executors"][f"exec-{name}"]["container"]
 
 
-def test_five_steps_in_order(spec):
+def _branch(spec, name):
+    return spec["components"][f"comp-{name}"]["dag"]["tasks"]
+
+
+def test_the_steps_in_order(spec):
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"preprocess", "adapt-teacher", "teacher-inference", "distill", "evaluate", "condition-1"}
-    assert tasks["adapt-teacher"]["dependentTasks"] == ["preprocess"]
+    assert set(tasks) == {"fingerprint-inputs", "preprocess", "check-champion", "condition-branches-1"}
+    assert tasks["preprocess"]["dependentTasks"] == ["fingerprint-inputs"]
+    assert set(tasks["check-champion"]["dependentTasks"]) == {"fingerprint-inputs", "preprocess"}
+    branches = _branch(spec, "condition-branches-1")
+    assert set(branches) == {"condition-3", "condition-4"}
+    trained = _branch(spec, "condition-3")
+    assert set(trained) == {"adapt-teacher", "teacher-inference", "distill", "evaluate", "condition-2"}
     # Teacher inference labels with whatever teacher adaptation hands on (the given one when off).
-    assert set(tasks["teacher-inference"]["dependentTasks"]) == {"adapt-teacher", "preprocess"}
-    teacher_in = tasks["teacher-inference"]["inputs"]["parameters"]["teacher_uri"]
+    assert trained["teacher-inference"]["dependentTasks"] == ["adapt-teacher"]
+    teacher_in = trained["teacher-inference"]["inputs"]["parameters"]["teacher_uri"]
     assert teacher_in["taskOutputParameter"] == {"outputParameterKey": "Output", "producerTask": "adapt-teacher"}
-    assert set(tasks["distill"]["dependentTasks"]) == {"preprocess", "teacher-inference"}
-    assert set(tasks["evaluate"]["dependentTasks"]) == {"distill", "preprocess", "teacher-inference"}
-    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
-    assert list(inner) == ["register"]
+    assert trained["distill"]["dependentTasks"] == ["teacher-inference"]
+    assert set(trained["evaluate"]["dependentTasks"]) == {"distill", "teacher-inference"}
+    assert list(_branch(spec, "condition-2")) == ["register"]
+    assert list(_branch(spec, "condition-4")) == ["stop-unchanged"]
+
+
+def test_training_runs_only_when_inputs_changed(spec):
+    branches = _branch(spec, "condition-branches-1")
+    changed = branches["condition-3"]["triggerPolicy"]["condition"]
+    assert changed == "inputs.parameter_values['pipelinechannel--check-champion-retrain'] == true"
+    assert branches["condition-4"]["triggerPolicy"]["condition"] == f"!({changed})"
 
 
 def test_registration_is_gated_on_evaluation(spec):
-    cond = spec["root"]["dag"]["tasks"]["condition-1"]["triggerPolicy"]["condition"]
+    cond = _branch(spec, "condition-3")["condition-2"]["triggerPolicy"]["condition"]
     assert cond == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
 
 
@@ -46,15 +62,15 @@ def test_gpu_steps_request_an_nvidia_gpu_and_others_do_not(spec):
     for name in ("adapt-teacher", "teacher-inference", "distill"):
         acc = _executor(spec, name)["resources"]["accelerator"]
         assert acc["resourceType"] == "nvidia.com/gpu" and acc["resourceCount"] == "1"
-    for name in ("preprocess", "evaluate", "register"):
+    for name in ("fingerprint-inputs", "preprocess", "check-champion", "evaluate", "register", "stop-unchanged"):
         assert "accelerator" not in _executor(spec, name).get("resources", {})
 
 
 def test_images_follow_the_package_version(spec):
-    images = {n: _executor(spec, n)["image"] for n in ("preprocess", "teacher-inference", "distill",
-                                                      "evaluate", "register")}
-    assert images["distill"] == images["teacher-inference"] == f"kdflow/kdflow-gpu:{__version__}"
-    assert images["preprocess"] == images["evaluate"] == images["register"] == f"kdflow/kdflow-cpu:{__version__}"
+    images = {n[len("exec-"):]: e["container"]["image"] for n, e in spec["deploymentSpec"]["executors"].items()}
+    gpu = {"adapt-teacher", "teacher-inference", "distill"}
+    assert {n for n, image in images.items() if image == f"kdflow/kdflow-gpu:{__version__}"} == gpu
+    assert {n for n, image in images.items() if image == f"kdflow/kdflow-cpu:{__version__}"} == set(images) - gpu
 
 
 def test_components_do_not_install_kfp_at_start(spec):
@@ -66,8 +82,9 @@ def test_few_primitive_pipeline_parameters(spec):
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert {k: v["parameterType"] for k, v in params.items()} == {
         "data_uri": "STRING", "teacher_uri": "STRING", "config": "STRING", "cache_uri": "STRING",
-        "tracking_uri": "STRING"}
+        "tracking_uri": "STRING", "skip_unchanged": "BOOLEAN"}
     assert params["tracking_uri"]["defaultValue"] == ""
+    assert params["skip_unchanged"]["defaultValue"] is False
 
 
 def test_compile_reads_no_environment(tmp_path):
@@ -87,6 +104,6 @@ def test_image_prefix_retargets_every_executor(tmp_path):
     path = tmp_path / "p.yaml"
     compile_pipeline(str(path))
     retarget_images(str(path), "ghcr.io/acme/")
-    spec = yaml.safe_load(path.read_text())
+    spec = next(yaml.safe_load_all(path.read_text()))
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {f"ghcr.io/acme/kdflow-cpu:{__version__}", f"ghcr.io/acme/kdflow-gpu:{__version__}"}

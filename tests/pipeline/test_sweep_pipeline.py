@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from pipelines.local import compile_sweep
-from pipelines.sweep_pipeline import CLUSTER_PARALLELISM, make_sweep_pipeline
+from kdflow.pipelines.local import compile_sweep
+from kdflow.pipelines.sweep_pipeline import CLUSTER_PARALLELISM, make_sweep_pipeline
 
 pytestmark = pytest.mark.pipeline
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.pipeline
 def spec(tmp_path_factory):
     path = tmp_path_factory.mktemp("spec") / "sweep.yaml"
     compile_sweep(str(path))
-    return yaml.safe_load(path.read_text())
+    return next(yaml.safe_load_all(path.read_text()))
 
 
 def _body(spec):
@@ -48,7 +48,8 @@ def test_a_failed_sweep_is_closed_by_an_exit_task(spec):
 def test_teacher_labels_once_then_the_trials_fan_out(spec):
     tasks = _body(spec)
     loop_name, loop = _loop(spec)
-    assert set(tasks) == {"preprocess", "adapt-teacher", "teacher-inference", "start-sweep", loop_name,
+    assert set(tasks) == {"fingerprint-inputs", "preprocess", "adapt-teacher", "teacher-inference", "start-sweep",
+                          loop_name,
                           "select-trial", "evaluate", _condition(tasks)}
     # The loop iterates over start-sweep's items, after the one teacher-inference task.
     iterator = loop["parameterIterator"]
@@ -106,7 +107,7 @@ def test_parallelism_is_a_construction_argument(tmp_path):
 
     path = tmp_path / "local.yaml"
     compiler.Compiler().compile(make_sweep_pipeline(1), package_path=str(path))
-    _, loop = _loop(yaml.safe_load(path.read_text()))
+    _, loop = _loop(next(yaml.safe_load_all(path.read_text())))
     assert loop["iteratorPolicy"]["parallelismLimit"] == 1
 
 
@@ -118,4 +119,4 @@ def test_cli_compiles_the_sweep_pipeline(tmp_path):
     out = tmp_path / "sweep.yaml"
     result = CliRunner().invoke(main, ["compile", "--pipeline", "sweep", "--output", str(out)])
     assert result.exit_code == 0, result.output
-    assert yaml.safe_load(out.read_text())["pipelineInfo"]["name"] == "kdflow-sweep"
+    assert next(yaml.safe_load_all(out.read_text()))["pipelineInfo"]["name"] == "kdflow-sweep"

@@ -8,6 +8,7 @@ import pytest
 from kdflow.config import DataConfig
 from kdflow.data.preprocess import preprocess
 from kdflow.data.shards import DatasetManifest
+from kdflow.data.split import unit_draw
 from kdflow.errors import DataError
 from tests.helpers import class_image, jpeg_bytes, make_image_folder, png_bytes
 
@@ -44,16 +45,24 @@ def test_defective_files_are_dropped_and_reported(tmp_path):
     assert "different classes" in dups["kiwi/plum-lookalike.png"] and "plum/002.png" in dups
     total = sum(ds.count(s) for s in ("train", "val", "test"))
     assert total == 30 - 1  # 30 clean files; plum/002 dropped as a label conflict
-    assert ds.data["report"] == {"files_seen": 30 + 7, "dropped": 5, "duplicates_removed": 3}
+    assert ds.data["report"] == {"files_seen": 30 + 7, "dropped": 5, "duplicates_removed": 3,
+                                 "groups": 29, "largest_group": 1, "moved_to_held_out": 0}
 
 
-def test_split_is_stratified_seeded_and_disjoint(tmp_path):
+def test_split_is_drawn_per_sample_seeded_and_disjoint(tmp_path):
     root = make_image_folder(tmp_path / "d", per_class=20)
     ds = preprocess(str(root), str(tmp_path / "a"), CFG)
     ids = _all_ids(ds)
     assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
-    for split, expected in (("test", 4), ("val", 4), ("train", 12)):
-        assert ds.data["splits"][split]["class_counts"] == [expected] * 3
+    assert sum(len(v) for v in ids.values()) == 60
+    # Each sample by itself: u = unit_draw(seed, id); test below 0.2, val from 0.8 up, train between.
+    for split, members in ids.items():
+        for sid in members:
+            u = unit_draw(3, sid)
+            assert split == ("test" if u < 0.2 else "val" if u >= 0.8 else "train")
+    # Per sample, not stratified: the class counts still add up, but need not be 4/4/12.
+    counts = [ds.data["splits"][s]["class_counts"] for s in ("train", "val", "test")]
+    assert [sum(c) for c in zip(*counts)] == [20, 20, 20]
     again = preprocess(str(root), str(tmp_path / "b"), CFG)
     assert again.fingerprint == ds.fingerprint and _all_ids(again) == ids
     other_seed = preprocess(str(root), str(tmp_path / "c"), DataConfig(image_size=8, val_fraction=0.2,

@@ -63,3 +63,28 @@ def test_local_write_is_atomic_on_failure(tmp_path, monkeypatch):
         store.write_bytes(str(target), b"new content")
     assert target.read_bytes() == b"old"
     assert [p.name for p in Path(tmp_path).iterdir()] == ["obj.bin"]
+
+
+def test_list_info_gives_sizes_and_etags(tmp_path, s3_bucket):
+    for base in (str(tmp_path / "store"), f"s3://{s3_bucket}/p"):
+        store = storage_for(base)
+        store.write_bytes(join(base, "a.bin"), b"12345")
+        store.write_bytes(join(base, "d", "b.bin"), b"")
+        info = store.list_info(base)
+        assert [(o.uri, o.size) for o in info] == [(join(base, "a.bin"), 5), (join(base, "d", "b.bin"), 0)]
+        # S3's ETag of a single-part upload is the MD5 of the bytes; local files have none.
+        expected = '"827ccb0eea8a706c4c34a16891f84e7b"' if base.startswith("s3://") else None
+        assert info[0].etag == expected
+
+
+def test_s3_listing_follows_pagination_past_1000_keys(s3_bucket):
+    """One ListObjectsV2 call returns at most 1000 keys; the rest must not be silently lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = f"s3://{s3_bucket}/many"
+    store = storage_for(base)
+    uris = [join(base, f"{i // 100:02d}", f"{i:04d}.bin") for i in range(1005)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda u: store.write_bytes(u, b"x"), uris))
+    assert store.list(base) == sorted(uris)
+    assert len(store.list_info(base)) == 1005

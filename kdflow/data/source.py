@@ -1,0 +1,147 @@
+"""The raw input folder: listing it, reading its files, and a cheap identifier of its content.
+
+A data URI is a local folder (a plain path or ``file://``) or an S3 prefix (``s3://bucket/prefix/``,
+read through ``kdflow.storage``: endpoint and credentials from the environment). Both are seen the
+same way, as files named by their '/'-separated path relative to the root, so the image-folder
+layout rules (``kdflow.data.imagefolder``) and everything after them do not know where the bytes
+came from: the same folder gives the same dataset, locally or from S3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdflow.digest import digest_of
+from kdflow.errors import DataError
+from kdflow.storage import Storage, local_path, storage_for
+
+SOURCE_FORMAT = "kdflow.source/1"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    rel: str  # path relative to the root, '/'-separated
+    location: Path | str  # what read_source_bytes reads: a local Path, or an s3:// URI
+    size: int
+    etag: str | None  # S3 only: the object's ETag (content-derived)
+
+
+@dataclass(frozen=True)
+class SourceListing:
+    root: str  # the data URI, normalised: a local path, or s3://bucket/prefix without the slash
+    files: list[SourceFile]  # sorted by rel
+    # Folders that hold no file, relative to the root: an empty local class folder (or an S3 folder
+    # marker with nothing below it) still names a class, as it did before S3 was supported.
+    empty_dirs: list[str]
+
+
+def is_remote(data_uri: str) -> bool:
+    return "://" in data_uri and not data_uri.startswith("file://")
+
+
+def list_source(data_uri: str) -> SourceListing:
+    """Every file below ``data_uri``; a missing or empty folder is a DataError that says what to pass."""
+    if is_remote(data_uri):
+        return _list_remote(data_uri)
+    return _list_local(local_path(data_uri))
+
+
+def _list_local(root: Path) -> SourceListing:
+    if not root.is_dir():
+        raise DataError(
+            f"dataset folder {root} does not exist or is not a folder",
+            "pass a folder laid out as root/<class>/<image> (or root/train/<class>/<image>)",
+        )
+    files: list[SourceFile] = []
+    empty: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    # followlinks: a class folder may be a symlink (datasets are often assembled that way); the
+    # (device, inode) set stops a link that points back up the tree from looping forever.
+    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        rel_folder = Path(folder).relative_to(root).as_posix()
+        prefix = "" if rel_folder == "." else f"{rel_folder}/"
+        for name in filenames:
+            p = Path(folder) / name
+            if p.is_file():  # not a dangling link, socket or fifo
+                files.append(SourceFile(prefix + name, p, p.stat().st_size, None))
+        if prefix and not dirnames and not filenames:
+            empty.append(rel_folder)
+    files.sort(key=lambda f: f.rel.split("/"))
+    return SourceListing(str(root), files, sorted(empty))
+
+
+def _list_remote(data_uri: str) -> SourceListing:
+    root = data_uri.rstrip("/")
+    objects = storage_for(root).list_info(root)  # paginated: any number of keys
+    base = f"{root}/"
+    files: list[SourceFile] = []
+    markers: set[str] = set()
+    for o in objects:
+        rel = o.uri[len(base):]
+        if not rel:
+            continue
+        if rel.endswith("/"):  # a zero-byte "folder" some S3 tools create
+            markers.add(rel.rstrip("/"))
+            continue
+        files.append(SourceFile(rel, o.uri, o.size, o.etag))
+    if not files and not markers:
+        raise DataError(
+            f"dataset prefix {data_uri} holds no objects",
+            "check the bucket and prefix (keys laid out as prefix/<class>/<image> or "
+            "prefix/train/<class>/<image>) and AWS_ENDPOINT_URL",
+        )
+    files.sort(key=lambda f: f.rel.split("/"))
+    holding = {"/".join(parts[:i]) for parts in (f.rel.split("/") for f in files) for i in range(1, len(parts))}
+    empty = sorted(m for m in markers if m not in holding)
+    return SourceListing(root, files, empty)
+
+
+# One storage client per process: boto3 clients are thread-safe but must not cross a fork, and
+# making one per file would cost a TLS handshake per image.
+_STORES: dict[tuple[int, str], Storage] = {}
+
+
+def read_source_bytes(location: Path | str) -> bytes:
+    """The bytes of one listed file (a local Path or an s3:// URI)."""
+    if isinstance(location, Path) or not is_remote(location):
+        return local_path(str(location)).read_bytes()
+    key = (os.getpid(), location.split("://", 1)[0])
+    if key not in _STORES:
+        _STORES[key] = storage_for(location)
+    return _STORES[key].read_bytes(location)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def source_fingerprint(data_uri: str) -> str:
+    """A content identifier of the raw input folder, cheap enough to compute before preprocessing.
+
+    S3: a digest over (relative key, size, ETag) of every object under the prefix; the ETag is
+    derived from the content, so no object is downloaded. Local folders: over (relative path, size,
+    sha256 of the bytes) of every file. Adding, removing, renaming or changing any file changes it,
+    and so does adding an empty folder (it would name a class). It does not depend on where the
+    folder lies (two copies of one folder agree), but a folder and its S3 upload differ: one is
+    keyed by sha256, the other by ETags.
+    """
+    listing = list_source(data_uri)
+    if is_remote(data_uri):
+        kind = "s3-etag"
+        rows = [[f.rel, f.size, f.etag] for f in listing.files]
+    else:
+        kind = "local-sha256"
+        rows = [[f.rel, f.size, _sha256_file(Path(f.location))] for f in listing.files]
+    return digest_of({"format": SOURCE_FORMAT, "kind": kind, "files": rows, "empty_dirs": listing.empty_dirs})

@@ -1,0 +1,145 @@
+"""The Kubernetes settings in the compiled spec come from the platform file, and no credential does."""
+
+import os
+
+import pytest
+import yaml
+
+from kdflow import __version__
+from kdflow.errors import ConfigError
+from kdflow.pipelines.local import compile_pipeline
+from kdflow.platform import Platform
+
+pytestmark = pytest.mark.pipeline
+
+GPU_STEPS = {"adapt-teacher", "teacher-inference", "distill"}
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "platform.yaml")
+# A credential the compiling machine has: it must not reach the spec.
+SECRET_VALUE = "wJalrXUtnFEMI-K7MDENG-do-not-leak"
+
+
+def _compile(tmp_path, platform_file=None, pipeline="distill"):
+    path = tmp_path / f"{pipeline}.yaml"
+    os.environ["AWS_SECRET_ACCESS_KEY_TEST_ONLY"] = SECRET_VALUE
+    try:
+        compile_pipeline(str(path), pipeline, platform_file)
+    finally:
+        del os.environ["AWS_SECRET_ACCESS_KEY_TEST_ONLY"]
+    text = path.read_text()
+    spec, platform = yaml.safe_load_all(text)
+    return text, spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    return _compile(tmp_path_factory.mktemp("platform"), EXAMPLE)
+
+
+def test_gpu_steps_get_node_selector_tolerations_shm_and_retries(example):
+    _, spec, k8s = example
+    for step in GPU_STEPS:
+        cfg = k8s[f"exec-{step}"]
+        assert cfg["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+        assert {t["key"] for t in cfg["tolerations"]} == {"nvidia.com/gpu", "cloud.google.com/gke-spot"}
+        assert cfg["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "16Gi",
+                                          "volumeName": "dshm"}]
+        resources = spec["deploymentSpec"]["executors"][f"exec-{step}"]["container"]["resources"]
+        assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert resources["accelerator"]["resourceCount"] == "1"
+        assert resources["resourceCpuRequest"] == "8" and resources["resourceMemoryLimit"] == "64Gi"
+    retried = _tasks_with(spec, "retryPolicy")
+    assert set(retried) == GPU_STEPS
+    assert retried["distill"] == {"maxRetryCount": 4, "backoffDuration": "120s", "backoffFactor": 2.0,
+                                  "backoffMaxDuration": "3600s"}
+
+
+def test_cpu_steps_stay_off_gpu_nodes_with_their_own_resources(example):
+    _, spec, k8s = example
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        if name[len("exec-"):] in GPU_STEPS:
+            continue
+        assert "nodeSelector" not in k8s[name] and "tolerations" not in k8s[name]
+        resources = executor["container"]["resources"]
+        assert resources["resourceCpuLimit"] == "4" and resources["resourceMemoryRequest"] == "8Gi"
+
+
+def test_every_step_gets_credentials_from_secrets_and_pulls_with_the_pull_secret(example):
+    _, spec, k8s = example
+    assert set(k8s) == set(spec["deploymentSpec"]["executors"])
+    for cfg in k8s.values():
+        env = {e["envVar"]: (s["secretName"], s["optional"]) for s in cfg["secretAsEnv"] for e in s["keyToEnv"]}
+        assert env["AWS_SECRET_ACCESS_KEY"] == ("kdflow-s3", False)
+        assert env["AWS_ENDPOINT_URL"] == ("kdflow-s3", True)
+        assert env["MLFLOW_TRACKING_TOKEN"] == ("kdflow-mlflow", False)
+        assert [p["secretName"] for p in cfg["imagePullSecret"]] == ["regcred"]
+
+
+def test_no_credential_in_the_spec_or_its_parameters(example):
+    text, spec, _ = example
+    assert SECRET_VALUE not in text
+    params = set(spec["root"]["inputDefinitions"]["parameters"])
+    assert not {p for p in params if any(w in p for w in ("secret", "password", "token", "key"))}
+    for executor in spec["deploymentSpec"]["executors"].values():
+        assert "env" not in executor["container"]  # nothing set inline: only from secrets
+
+
+def test_images_are_pinned_to_the_package_version(example):
+    _, spec, _ = example
+    for executor in spec["deploymentSpec"]["executors"].values():
+        image = executor["container"]["image"]
+        assert image.endswith(f":{__version__}") and "latest" not in image
+
+
+def test_only_content_keyed_steps_cache(example):
+    """preprocess, teacher adaptation and inference cache, keyed by content digests as parameters."""
+    _, spec, _ = example
+    tasks = _all_tasks(spec)
+    cached = {name for name, t in tasks.items() if t.get("cachingOptions", {}).get("enableCache")}
+    assert cached == {"preprocess", "adapt-teacher", "teacher-inference"}
+    source = tasks["preprocess"]["inputs"]["parameters"]["source_fingerprint"]["taskOutputParameter"]
+    assert source == {"outputParameterKey": "source_fingerprint", "producerTask": "fingerprint-inputs"}
+    for step in ("adapt-teacher", "teacher-inference"):
+        digest = tasks[step]["inputs"]["parameters"]["teacher_digest"]
+        assert digest["componentInputParameter"] == "pipelinechannel--fingerprint-inputs-teacher_digest"
+
+
+def test_defaults_without_a_platform_file(tmp_path):
+    _, spec, k8s = _compile(tmp_path)
+    defaults = Platform()
+    assert k8s["exec-distill"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    assert k8s["exec-distill"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                   "effect": "NoSchedule"}]
+    assert k8s["exec-distill"]["emptyDirMounts"][0]["sizeLimit"] == defaults.shm_size
+    assert "imagePullSecret" not in k8s["exec-distill"]
+
+
+def test_the_sweep_pipeline_gets_the_same_settings(tmp_path):
+    _, spec, k8s = _compile(tmp_path, EXAMPLE, "sweep")
+    assert "nodeSelector" in k8s["exec-distill"] and "nodeSelector" not in k8s["exec-select-trial"]
+    assert all("secretAsEnv" in cfg for cfg in k8s.values())
+
+
+@pytest.mark.parametrize("text, key", [
+    ("gpu_tolerence: []", "gpu_tolerence"),
+    ("shm_size: lots", "shm_size"),
+    ("gpu_steps: {memory_limit: 64GB}", "gpu_steps.memory_limit"),
+    ("retry: {backoff: 60}", "retry.backoff"),
+    ("secrets: [{secret: s3, env: {AWS_KEY: 'not a name'}}]", "secrets[0].env"),
+])
+def test_bad_platform_files_are_refused_naming_the_key(tmp_path, text, key):
+    path = tmp_path / "platform.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        Platform.load(path)
+    assert key in err.value.problem
+
+
+def _all_tasks(spec):
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def _tasks_with(spec, key):
+    return {name: t[key] for name, t in _all_tasks(spec).items() if key in t}

@@ -72,6 +72,9 @@ images: image-cpu image-gpu ## Build both images (make images GPU_BASE=pytorch/p
 	@# Drop the untagged images that these builds superseded (the build cache is not among them).
 	@$(DOCKER) image prune --force --filter label=org.opencontainers.image.title=kdflow-cpu >/dev/null
 	@$(DOCKER) image prune --force --filter label=org.opencontainers.image.title=kdflow-gpu >/dev/null
+	@# The dependency stage's image is the build cache of the next build: keep the newest, drop older ones.
+	@$(DOCKER) image ls -q --filter label=org.opencontainers.image.title=kdflow-cpu-deps | tail -n +2 \
+	  | xargs -r $(DOCKER) rmi >/dev/null 2>&1 || true
 	@$(DOCKER) image ls --format '  {{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E '$(IMAGE_PREFIX)/kdflow-(cpu|gpu):$(VERSION) ' || true
 
 image-cpu: wheelhouse $(if $(filter $(LOCAL_BASE),$(CPU_BASE)),base-image) ## Build the CPU image on CPU_BASE

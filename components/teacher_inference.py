@@ -13,10 +13,10 @@ def teacher_inference(
     teacher_digest: str = "",
 ) -> bool:
     """Cache the frozen teacher's soft labels under a content key; returns True on a cache hit.
-    ``teacher_digest`` (the given teacher's, before adaptation) keys KFP's cache."""
+    ``teacher_digest`` (the given teacher's, before adaptation) keys KFP's cache and is checked."""
     from kdflow.steps.teacher import run_teacher_inference
 
-    ref = run_teacher_inference(dataset.path, teacher_uri, config, cache_uri, soft_labels.path)
+    ref = run_teacher_inference(dataset.path, teacher_uri, config, cache_uri, soft_labels.path, teacher_digest)
     soft_labels.metadata.update({"cache_key": ref.cache_key, "cache_hit": ref.cache_hit,
                                  "teacher_digest": ref.teacher_digest, "teacher_input_digest": teacher_digest})
     return ref.cache_hit

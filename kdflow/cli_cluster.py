@@ -2,20 +2,24 @@
 
 Every input is checked here, before anything is compiled or sent: the run's pods read their data,
 teacher and cache from object storage and report to a tracking server, so a path or a SQLite store
-on the submitting machine is refused with the fix, as is a cron expression KFP would misread. kfp is
-imported only inside the commands (through kdflow.pipelines.remote), never by the core library.
+on the submitting machine is refused with the fix, as are a cron expression KFP would misread, a URI
+with a credential in it, and images this project never published. kfp is imported only inside the
+commands (through kdflow.pipelines.remote), never by the core library.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import click
+from click.core import ParameterSource
 
 from kdflow.errors import KdflowError
 
@@ -24,21 +28,71 @@ if TYPE_CHECKING:
 
 SKIP_PARAMETER = "skip_unchanged"
 DEFAULT_EXPERIMENT = "Default"  # KFP's own default experiment
+IMAGE_PREFIX_ENV = "KDFLOW_IMAGE_PREFIX"
 _S3 = re.compile(r"s3://[^/\s]+(/\S*)?")
-_MODELS = re.compile(r"models:/\S+")
+_MLFLOW = re.compile(r"(models|runs):/\S+")  # resolved through the MLflow server (TeacherSource.is_mlflow)
 _HTTP = re.compile(r"https?://\S+")
+_USERINFO = re.compile(r"^([A-Za-z][\w+.-]*://)[^/?#]*@")
+# Docker Hub spells the namespace of the unpublished default images (components/images.py) several ways.
+_DOCKER_HUB = re.compile(r"^(?:(?:index\.|registry-1\.)?docker\.io/)?(?:library/)?")
+
+
+def has_userinfo(uri: str) -> bool:
+    """Whether ``uri`` carries a user name or password (``scheme://user:password@host``)."""
+    try:
+        parts = urlsplit(uri)
+        return bool(parts.username or parts.password)
+    except ValueError:  # unparsable (e.g. a broken IPv6 host): look for an @ before the path
+        return bool(_USERINFO.match(uri))
+
+
+def redacted(uri: str, mask: str = "***@") -> str:
+    """``uri`` with its user info replaced by ``mask`` (an error message must not repeat a password)."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return _USERINFO.sub(lambda m: m[1] + mask, uri)
+    return parts._replace(netloc=mask + parts.netloc.rpartition("@")[2]).geturl() if "@" in parts.netloc else uri
+
+
+def _refuse_credentials(key: str, flag: str, uri: str) -> None:
+    if not has_userinfo(uri):
+        return
+    where = ("MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the `kdflow-mlflow`"
+             if key == "tracking_uri" else "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the `kdflow-s3`")
+    fix = f"put {where} Kubernetes secret (docs/cluster.md section 4) and pass {flag} {redacted(uri, '')}"
+    raise KdflowError(f"{key} {redacted(uri)} carries a user name or password: it would be a pipeline "
+                      "parameter, readable by anyone who can see the run", fix)
+
+
+def require_image_prefix(prefix: str | None) -> str:
+    """The registry prefix of the component images, refused when it names the unpublished defaults."""
+    from kdflow.components.images import IMAGE_PREFIX
+
+    value = (prefix or "").strip().rstrip("/")
+    if value and _DOCKER_HUB.sub("", value, count=1) != IMAGE_PREFIX:
+        return value
+    named = f"--image-prefix {value}" if value else "no --image-prefix"
+    raise KdflowError(f"{named}: the default images ({IMAGE_PREFIX}/kdflow-cpu, {IMAGE_PREFIX}/kdflow-gpu) name "
+                      f"Docker Hub's `{IMAGE_PREFIX}` namespace, which this project does not own or publish, and "
+                      "every step receives the S3 and MLflow credentials of its secrets",
+                      "build and push the images: `make images && make push REGISTRY=R`, then pass "
+                      f"--image-prefix R (or set {IMAGE_PREFIX_ENV})")
 
 
 def cluster_config(config_path: str | None, data: str | None, teacher: str | None, cache_uri: str | None,
                    tracking_uri: str | None) -> Config:
     """The run's config with the flags applied (a flag wins over the file), refused unless a pod on
-    the cluster can reach every input it names."""
+    the cluster can reach every input it names, and when one of them carries a credential."""
     from kdflow.inputs import load_config
 
     # Generic defaults without a file: the embedded digits config brings its data from this machine.
     cfg = load_config(config_path, embedded=False)
     cfg = cfg.replace(data_uri=data or cfg.data_uri, teacher_uri=teacher or cfg.teacher_uri,
                       cache_uri=cache_uri or cfg.cache_uri, tracking_uri=tracking_uri or cfg.tracking_uri or "")
+    for key, flag in (("data_uri", "--data"), ("teacher_uri", "--teacher"), ("cache_uri", "--cache-uri"),
+                      ("tracking_uri", "--tracking-uri")):
+        _refuse_credentials(key, flag, getattr(cfg, key) or "")
     upload = "upload it first (e.g. `aws s3 sync {path} s3://BUCKET/PREFIX`) and pass {flag} s3://BUCKET/PREFIX"
     for key, flag, value in (("data_uri", "--data", cfg.data_uri), ("cache_uri", "--cache-uri", cfg.cache_uri)):
         if not value:
@@ -49,12 +103,14 @@ def cluster_config(config_path: str | None, data: str | None, teacher: str | Non
                               "URI of this machine", upload.format(path=value, flag=flag))
     if not cfg.teacher_uri:
         raise KdflowError("no teacher_uri: a cluster run needs the teacher in object storage or MLflow",
-                          "pass --teacher s3://BUCKET/teacher.pt or --teacher models:/NAME@ALIAS")
-    if not (_S3.fullmatch(cfg.teacher_uri) or _MODELS.fullmatch(cfg.teacher_uri)):
-        raise KdflowError(f"teacher_uri {cfg.teacher_uri} is neither s3:// nor models:/: the pipeline's pods "
+                          "pass --teacher s3://BUCKET/teacher.pt, --teacher models:/NAME@ALIAS or "
+                          "--teacher runs:/RUN_ID/PATH")
+    if not (_S3.fullmatch(cfg.teacher_uri) or _MLFLOW.fullmatch(cfg.teacher_uri)):
+        raise KdflowError(f"teacher_uri {cfg.teacher_uri} is not s3://, models:/ or runs:/: the pipeline's pods "
                           "cannot read a file of this machine",
                           f"upload it (`aws s3 cp {cfg.teacher_uri} s3://BUCKET/teacher.pt`) and pass --teacher "
-                          "s3://BUCKET/teacher.pt, or register it in MLflow and pass models:/NAME@ALIAS")
+                          "s3://BUCKET/teacher.pt, or log it to MLflow and pass models:/NAME@ALIAS or "
+                          "runs:/RUN_ID/PATH")
     if cfg.tracking_uri and not _HTTP.fullmatch(cfg.tracking_uri):
         raise KdflowError(f"tracking_uri {cfg.tracking_uri} is not an http(s):// MLflow server: the pipeline's "
                           "pods cannot reach a store on this machine",
@@ -87,7 +143,8 @@ def _options(*options):
 _connection_options = _options(
     click.option("--host", envvar="KF_PIPELINES_ENDPOINT", metavar="URL",
                  help="Kubeflow Pipelines endpoint, e.g. http://localhost:8080 after `kubectl port-forward -n "
-                      "kubeflow svc/ml-pipeline-ui 8080:80`. Default: $KF_PIPELINES_ENDPOINT."),
+                      "kubeflow svc/ml-pipeline-ui 8080:80`. Default: $KF_PIPELINES_ENDPOINT. Printed run URLs "
+                      "use $KF_PIPELINES_UI_ENDPOINT when set."),
     click.option("--token", metavar="TOKEN",
                  help="Bearer token for the API. Default: $KF_PIPELINES_TOKEN, else the service-account token "
                       "file kfp reads in a cluster ($KF_PIPELINES_SA_TOKEN_PATH, else "
@@ -102,32 +159,69 @@ _pipeline_options = _options(
                  help="YAML run config (see `kdflow config`); its data_uri, teacher_uri, cache_uri and tracking_uri "
                       "are used unless a flag below says otherwise. Default: the generic defaults."),
     click.option("--data", metavar="URI", help="Image folder in object storage: s3://BUCKET/PREFIX."),
-    click.option("--teacher", metavar="URI", help="Teacher: s3://BUCKET/teacher.pt or models:/NAME@ALIAS."),
+    click.option("--teacher", metavar="URI",
+                 help="Teacher: s3://BUCKET/teacher.pt, models:/NAME@ALIAS or runs:/RUN_ID/PATH."),
     click.option("--cache-uri", metavar="URI", help="Soft-label cache root: s3://BUCKET/PREFIX."),
     click.option("--tracking-uri", metavar="URL",
-                 help="MLflow server the steps report to: http(s)://.... Default: the config's, else empty "
-                      "(the steps read MLFLOW_TRACKING_URI from their Kubernetes secret)."),
+                 help="MLflow server the steps report to: http(s)://..., without credentials (they go in the "
+                      "kdflow-mlflow secret). Default: the config's, else empty (the steps read "
+                      "MLFLOW_TRACKING_URI from their Kubernetes secret)."),
     click.option("--platform", "platform_file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
                  help="Kubernetes settings file for the compiled pipeline (secrets, resources, ...). "
                       "Default: the built-in settings."),
-    click.option("--image-prefix", metavar="PREFIX",
-                 help="Registry/repository prefix for the component images, e.g. ghcr.io/acme. "
-                      "Default: the package's own."),
+    click.option("--image-prefix", envvar=IMAGE_PREFIX_ENV, metavar="PREFIX",
+                 help="Registry/repository prefix of the component images you pushed with `make push "
+                      f"REGISTRY=PREFIX`, e.g. ghcr.io/acme. Required. Default: ${IMAGE_PREFIX_ENV}."),
     click.option("--pipeline-name", metavar="NAME",
                  help="Name of the pipeline on the cluster; an existing one gets a new version. "
                       "Default: the pipeline's own name (kdflow-distill)."),
     click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, metavar="NAME",
                  help="KFP experiment the run belongs to (made if missing)."),
+    click.option("--no-cache", is_flag=True,
+                 help="Create the run with KFP's step caching disabled: after clearing the soft-label cache in "
+                      "object storage, so KFP does not reuse teacher-inference outputs that point at it. "
+                      "Default: the compiled caching options."),
 )
 
 
 def _require_host(host: str | None) -> str:
     if not host:
         raise click.UsageError("--host is required (or set $KF_PIPELINES_ENDPOINT)")
+    if has_userinfo(host):
+        raise KdflowError(f"--host {redacted(host)} carries a user name or password",
+                          f"pass the bare endpoint (--host {redacted(host, '')}, or $KF_PIPELINES_ENDPOINT) and the "
+                          "credential as a bearer token: --token or $KF_PIPELINES_TOKEN")
     if not _HTTP.fullmatch(host):
         # kfp would quietly assume https://, and the printed run URL would be wrong.
         raise KdflowError(f"--host {host} is not an http(s):// URL", f"pass e.g. --host http://{host.split('://')[-1]}")
     return host.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and what to deploy: the connection and pipeline options of submit and schedule."""
+
+    host: str
+    token: str | None
+    namespace: str | None
+    config_path: str | None
+    data: str | None
+    teacher: str | None
+    cache_uri: str | None
+    tracking_uri: str | None
+    platform_file: str | None
+    image_prefix: str | None
+    pipeline_name: str | None
+    experiment: str
+    no_cache: bool
+
+    @classmethod
+    def of(cls, options: dict[str, Any]) -> "Target":
+        return cls(**{**options, "host": _require_host(options["host"])})
+
+
+_GROUP_ONLY = ({f.name for f in dataclasses.fields(Target)} - {"host", "token", "namespace"}
+               | {"cron", "name", "always_retrain"})  # options of `kdflow schedule` its subcommands ignore
 
 
 @dataclass
@@ -140,27 +234,28 @@ class _Deployment:
     parameters: dict
 
 
-def _deploy(host, token, namespace, config_path, data, teacher, cache_uri, tracking_uri, platform_file,
-            image_prefix, pipeline_name, experiment, skip_unchanged, note) -> _Deployment:
+def _deploy(t: Target, skip_unchanged: bool, note: str) -> _Deployment:
     """Check every input, compile, connect, upload, find the experiment. Nothing is sent before
     every local check has passed."""
-    cfg = cluster_config(config_path, data, teacher, cache_uri, tracking_uri)
+    image_prefix = require_image_prefix(t.image_prefix)
+    cfg = cluster_config(t.config_path, t.data, t.teacher, t.cache_uri, t.tracking_uri)
     from kdflow.pipelines import remote
     from kdflow.pipelines.distill_pipeline import PIPELINE_NAME
     from kdflow.pipelines.local import compile_pipeline
 
-    auth = remote.resolve_auth(token)
-    pipeline_name = pipeline_name or PIPELINE_NAME
+    auth = remote.resolve_auth(t.token)
+    pipeline_name = t.pipeline_name or PIPELINE_NAME
     with tempfile.TemporaryDirectory(prefix="kdflow-submit-") as tmp:
         spec = str(Path(tmp) / "pipeline.yaml")
-        compile_pipeline(spec, "distill", platform_file=platform_file, image_prefix=image_prefix)
+        compile_pipeline(spec, "distill", platform_file=t.platform_file, image_prefix=image_prefix)
+        remote.prepare_spec(spec, image_prefix, no_cache=t.no_cache)
         parameters = run_parameters(cfg, remote.declared_parameters(spec), skip_unchanged)
-        client = remote.connect(host, auth, namespace)
-        published = remote.publish(client, host, spec, pipeline_name, note)
+        client = remote.connect(t.host, auth, t.namespace)
+        published = remote.publish(client, t.host, spec, pipeline_name, note)
     click.echo(f"{'uploaded new pipeline' if published.new_pipeline else 'uploaded a new version of'} "
                f"{pipeline_name}: version {published.version_name} ({published.version_id}); "
-               f"token: {auth.source}", err=True)
-    exp_id = remote.experiment_id(client, host, experiment, namespace)
+               f"token: {auth.source}{'; step caching off' if t.no_cache else ''}", err=True)
+    exp_id = remote.experiment_id(client, t.host, t.experiment, t.namespace)
     return _Deployment(remote, client, pipeline_name, published, exp_id, parameters)
 
 
@@ -174,22 +269,21 @@ def _deploy(host, token, namespace, config_path, data, teacher, cache_uri, track
               help="Follow the run to its end; exit 0 when it succeeded, 1 otherwise (the state is said).")
 @click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), default=15.0, show_default=True,
               metavar="SECONDS", help="Seconds between two looks at the run's state with --wait.")
-def submit(host, token, namespace, config_path, data, teacher, cache_uri, tracking_uri, platform_file,
-           image_prefix, pipeline_name, experiment, run_name, skip_unchanged, wait, poll_interval) -> None:
+def submit(run_name, skip_unchanged, wait, poll_interval, **options) -> None:
     """Compile the distill pipeline, upload it to Kubeflow Pipelines and start a run; print its URL.
 
-    Data, teacher and cache must be in object storage (s3://; the teacher may be models:/), and the
-    tracking URI an MLflow server (or empty): the run's pods cannot read this machine.
+    Data, teacher and cache must be in object storage (s3://; the teacher may be models:/ or runs:/),
+    the tracking URI an MLflow server (or empty), none of them with credentials, and the images
+    pushed to your registry (--image-prefix): the run's pods cannot read this machine.
 
     Exit status: 0 started (with --wait: succeeded), 1 the run did not succeed, 2 bad input,
     130 --wait interrupted (the run goes on).
     """
-    host = _require_host(host)
-    d = _deploy(host, token, namespace, config_path, data, teacher, cache_uri, tracking_uri, platform_file,
-                image_prefix, pipeline_name, experiment, skip_unchanged, "kdflow submit")
-    remote, client = d.remote, d.client
+    target = Target.of(options)
+    d = _deploy(target, skip_unchanged, "kdflow submit")
+    remote, client, host = d.remote, d.client, target.host
     run_name = run_name or f"{d.pipeline_name} {dt.datetime.now():%Y-%m-%d %H:%M:%S}"
-    run_id = remote.start_run(client, host, d.experiment_id, run_name, d.published, d.parameters)
+    run_id = remote.start_run(client, host, d.experiment_id, run_name, d.published, d.parameters, target.no_cache)
     url = remote.run_url(host, run_id)
     click.echo(url)
     if not wait:
@@ -205,6 +299,15 @@ def submit(host, token, namespace, config_path, data, teacher, cache_uri, tracki
         raise click.ClickException(f"run {run_id} ended {outcome.state}{detail}\n  {url}")
 
 
+def _refuse_group_options(ctx: click.Context) -> None:
+    """`kdflow schedule --config X list` would quietly ignore --config: refuse it."""
+    given = [p.opts[0] for p in ctx.command.params
+             if p.name in _GROUP_ONLY and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"`kdflow schedule {ctx.invoked_subcommand}` takes no {', '.join(given)}: only --host, "
+                               "--token and --namespace may come before a subcommand", ctx)
+
+
 @click.group(invoke_without_command=True)
 @click.pass_context
 @_connection_options
@@ -216,8 +319,7 @@ def submit(host, token, namespace, config_path, data, teacher, cache_uri, tracki
 @click.option("--always-retrain", is_flag=True,
               help="Retrain on every run. Default: a run stops after preprocessing when the dataset, teacher "
                    "and config match the registry's champion (pipeline parameter skip_unchanged).")
-def schedule(ctx, host, token, namespace, config_path, data, teacher, cache_uri, tracking_uri, platform_file,
-             image_prefix, pipeline_name, experiment, cron, name, always_retrain) -> None:
+def schedule(ctx, cron, name, always_retrain, **options) -> None:
     """Run the distill pipeline on a schedule: a KFP recurring run of the version uploaded now.
 
     At most one run at a time, and no catch-up: a schedule that was paused or fell behind starts
@@ -226,22 +328,23 @@ def schedule(ctx, host, token, namespace, config_path, data, teacher, cache_uri,
 
     \b
     Example (03:00 UTC every day):
-      kdflow schedule --host http://localhost:8080 --config run.yaml --cron "0 0 3 * * *"
+      kdflow schedule --host http://localhost:8080 --config run.yaml --image-prefix R --cron "0 0 3 * * *"
     """
     if ctx.invoked_subcommand is not None:
+        _refuse_group_options(ctx)
         return
     from kdflow import cron as crontab
 
     if not cron:
         raise click.UsageError('--cron is required to create a schedule, e.g. --cron "0 0 3 * * *" '
                                "(or use `kdflow schedule list` / `kdflow schedule delete ID`)")
-    host = _require_host(host)
+    target = Target.of(options)
     cron = crontab.validate(cron)
-    d = _deploy(host, token, namespace, config_path, data, teacher, cache_uri, tracking_uri, platform_file,
-                image_prefix, pipeline_name, experiment, not always_retrain, f"kdflow schedule {cron!r}")
-    remote = d.remote
+    d = _deploy(target, not always_retrain, f"kdflow schedule {cron!r}")
+    remote, host = d.remote, target.host
     name = name or f"{d.pipeline_name} {cron}"
-    rid = remote.create_schedule(d.client, host, d.experiment_id, name, cron, d.published, d.parameters)
+    rid = remote.create_schedule(d.client, host, d.experiment_id, name, cron, d.published, d.parameters,
+                                 target.no_cache)
     upcoming = ", ".join(f"{t:%Y-%m-%d %H:%M:%S}" for t in crontab.next_times(cron, dt.datetime.now(dt.timezone.utc)))
     click.echo(f"recurring run {rid} ({name}); next runs (UTC): {upcoming}; "
                f"remove with `kdflow schedule delete {rid}`", err=True)

@@ -87,11 +87,13 @@ class Retry:
 def _default_secrets() -> tuple[SecretEnv, ...]:
     s3 = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
     s3_optional = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION")
-    mlflow_optional = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+    # The tracking URI may come from the run's tracking_uri parameter instead; a step with neither
+    # says so and stops (kdflow.tracking.use_tracking).
+    mlflow_optional = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                       "MLFLOW_TRACKING_TOKEN")
     return (
         SecretEnv("kdflow-s3", {k: k for k in s3}),
         SecretEnv("kdflow-s3", {k: k for k in s3_optional}, optional=True),
-        SecretEnv("kdflow-mlflow", {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"}),
         SecretEnv("kdflow-mlflow", {k: k for k in mlflow_optional}, optional=True),
     )
 

@@ -31,6 +31,7 @@ import yaml
 from kdflow.errors import KdflowError
 
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
+UI_ENV = "KF_PIPELINES_UI_ENDPOINT"  # kfp.client.client.KF_PIPELINES_UI_ENDPOINT_ENV
 SUCCEEDED = "SUCCEEDED"
 # CANCELING and PAUSED are not final; kfp's own wait_for_run_completion misses CANCELED and would
 # poll a cancelled run forever, hence a loop of our own.
@@ -140,6 +141,34 @@ def declared_parameters(spec_path: str) -> dict[str, dict]:
     return dict(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
 
 
+def prepare_spec(spec_path: str, image_prefix: str, no_cache: bool = False) -> None:
+    """Refuse a compiled spec whose images are not all under ``image_prefix``, and with ``no_cache``
+    turn KFP's step caching off in it.
+
+    kfp.Client's ``enable_caching=False`` rewrites only an inline spec's root-DAG tasks; a run of an
+    uploaded version takes the caching options of that version's spec, and the teacher inference
+    sits in a nested condition DAG. So the spec itself says ``enableCache: false`` for every task of
+    every DAG before it is uploaded."""
+    with open(spec_path) as f:
+        docs = list(yaml.safe_load_all(f))
+    spec = docs[0]
+    images = sorted({e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()
+                     if "container" in e})
+    stray = [i for i in images if not i.startswith(image_prefix.rstrip("/") + "/")]
+    if stray:
+        raise KdflowError(f"the compiled pipeline names images outside --image-prefix {image_prefix}: "
+                          f"{', '.join(stray)}", "push every image with `make push REGISTRY=R` and pass "
+                          "--image-prefix R; a platform file must not name other images")
+    if not no_cache:
+        return
+    dags = [spec["root"]] + [c for c in spec.get("components", {}).values() if "dag" in c]
+    for dag in dags:
+        for task in dag["dag"].get("tasks", {}).values():
+            task["cachingOptions"] = {**task.get("cachingOptions", {}), "enableCache": False}
+    with open(spec_path, "w") as f:
+        yaml.safe_dump_all(docs, f, sort_keys=False)
+
+
 @dataclass(frozen=True)
 class Published:
     pipeline_id: str
@@ -193,22 +222,26 @@ def experiment_id(client: "kfp.Client", host: str, name: str, namespace: str | N
 
 
 def start_run(client: "kfp.Client", host: str, experiment: str, run_name: str, published: Published,
-              parameters: dict[str, Any]) -> str:
+              parameters: dict[str, Any], no_cache: bool = False) -> str:
+    """A run of exactly this version. ``no_cache``: caching off (the version's spec must say so too,
+    see prepare_spec: kfp applies ``enable_caching`` to inline specs only)."""
     with api_errors(host, "start the run"):
         run = client.run_pipeline(experiment_id=experiment, job_name=run_name, params=parameters,
-                                  pipeline_id=published.pipeline_id, version_id=published.version_id)
+                                  pipeline_id=published.pipeline_id, version_id=published.version_id,
+                                  enable_caching=False if no_cache else None)
     return run.run_id
 
 
 def create_schedule(client: "kfp.Client", host: str, experiment: str, name: str, cron: str,
-                    published: Published, parameters: dict[str, Any]) -> str:
+                    published: Published, parameters: dict[str, Any], no_cache: bool = False) -> str:
     """A recurring run of exactly this version: at most one run at a time, and no catch-up (a paused
     or late schedule starts one run, not one per missed slot)."""
     with api_errors(host, "create the recurring run"):
         job = client.create_recurring_run(
             experiment_id=experiment, job_name=name, description=f"kdflow schedule {cron!r}",
             cron_expression=cron, max_concurrency=1, no_catchup=True, params=parameters,
-            pipeline_id=published.pipeline_id, version_id=published.version_id, enabled=True)
+            pipeline_id=published.pipeline_id, version_id=published.version_id, enabled=True,
+            enable_caching=False if no_cache else None)
     return job.recurring_run_id
 
 
@@ -276,9 +309,16 @@ def delete_schedule(client: "kfp.Client", host: str, recurring_run_id: str) -> N
         raise
 
 
+def ui_base(host: str) -> str:
+    """Where the KFP UI is: $KF_PIPELINES_UI_ENDPOINT when set (read now; http:// when it names no
+    scheme, as kfp.Client does), else the API host (the UI serves both behind one port-forward)."""
+    ui = os.environ.get(UI_ENV, "").strip() or host
+    return (ui if ui.startswith(("http://", "https://")) else f"http://{ui}").rstrip("/")
+
+
 def run_url(host: str, run_id: str) -> str:
-    return f"{host.rstrip('/')}/#/runs/details/{run_id}"
+    return f"{ui_base(host)}/#/runs/details/{run_id}"
 
 
 def schedule_url(host: str, recurring_run_id: str) -> str:
-    return f"{host.rstrip('/')}/#/recurringrun/details/{recurring_run_id}"
+    return f"{ui_base(host)}/#/recurringrun/details/{recurring_run_id}"

@@ -3,7 +3,8 @@
 It speaks the KFP v2beta1 REST endpoints that ``kfp.Client`` (kfp 2.17.3, through kfp_server_api)
 calls for them, with the field names kfp_server_api deserialises (snake_case, except the
 ``recurringRuns`` list), and records every request: method, path, query, headers and the decoded
-body (JSON, or the fields and files of a multipart upload). Endpoints it does not know answer 404
+body (JSON, or the fields and files of a multipart upload; ``Recorded.parts()`` gives all of it as
+text, for tests that assert a value never reached the cluster). Endpoints it does not know answer 404
 and are recorded too, so a test sees any call it did not expect.
 
     healthz                     GET    /apis/v2beta1/healthz
@@ -56,6 +57,13 @@ class Recorded:
     @property
     def auth(self) -> str | None:
         return self.headers.get("authorization")
+
+    def parts(self) -> dict[str, str]:
+        """Everything the request sent, as text by where it was: "path", "query", "header NAME" and
+        "body" (a multipart upload's files decoded as UTF-8), for tests that look for a value anywhere."""
+        return {"path": self.path, "query": json.dumps(self.query),
+                **{f"header {name}": value for name, value in self.headers.items()},
+                "body": json.dumps(self.body, default=_as_text)}
 
 
 class _NotFound(Exception):
@@ -307,6 +315,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise TypeError(f"cannot show a {type(value).__name__} as text")
 
 
 def _decode(content_type: str, raw: bytes) -> Any:

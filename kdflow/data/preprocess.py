@@ -19,7 +19,7 @@ from kdflow.data.shards import (
     write_manifest,
     write_split_shards,
 )
-from kdflow.data.source import list_source
+from kdflow.data.source import fingerprint_listing, list_source
 from kdflow.data.split import SPLIT_METHOD, Sample, assign_splits, deduplicate
 from kdflow.errors import DataError
 from kdflow.storage import join, storage_for
@@ -57,14 +57,20 @@ def split_spec(cfg: DataConfig) -> dict:
     return spec
 
 
-def preprocess(data_uri: str, out_root: str, cfg: DataConfig) -> DatasetManifest:
+def preprocess(data_uri: str, out_root: str, cfg: DataConfig, expected_source: str = "") -> DatasetManifest:
     """Ingest ``data_uri`` (an image folder: a local path, ``file://`` or ``s3://bucket/prefix/``) and
     write shards plus manifest under ``out_root``.
 
-    The manifest is written last: a folder without one is not a dataset.
+    ``expected_source``: the folder's ``source_fingerprint`` taken when the run started, which keys
+    KFP's cache of this step; the folder read must still have it, or the cached dataset would be
+    filed under the wrong content. The manifest is written last: a folder without one is not a dataset.
     """
     listing = list_source(data_uri)
     root = listing.root
+    if expected_source and fingerprint_listing(listing) != expected_source:
+        raise DataError(f"the data under {root} changed after the run started (its content fingerprint is no "
+                        f"longer {expected_source[:12]})",
+                        "run the pipeline again; do not change a dataset folder while a run reads it")
     candidates, class_names, stray = scan(listing)
     if len(class_names) < 2:
         raise DataError(f"{root} has {len(class_names)} class folder(s)", "a classifier needs at least 2 classes")

@@ -137,8 +137,12 @@ def source_fingerprint(data_uri: str) -> str:
     folder lies (two copies of one folder agree), but a folder and its S3 upload differ: one is
     keyed by sha256, the other by ETags.
     """
-    listing = list_source(data_uri)
-    if is_remote(data_uri):
+    return fingerprint_listing(list_source(data_uri))
+
+
+def fingerprint_listing(listing: SourceListing) -> str:
+    """``source_fingerprint`` of a listing already made (preprocess checks the one it reads)."""
+    if is_remote(listing.root):
         kind = "s3-etag"
         rows = [[f.rel, f.size, f.etag] for f in listing.files]
     else:

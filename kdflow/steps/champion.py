@@ -3,7 +3,9 @@
 A schedule fires whether or not anything changed. When the dataset fingerprint (after cleaning), the
 given teacher's digest and the config hash all equal those recorded on the model version holding
 the registry's ``champion`` alias, training would reproduce the champion: the run stops after
-preprocessing and says so. Any difference, or no champion yet, and the run trains.
+preprocessing and says so. The same holds for the version holding the alias a passing student gets
+(``registry.alias``, challenger by default) while it awaits promotion. Any difference, or no such
+version, and the run trains.
 """
 
 from __future__ import annotations
@@ -34,26 +36,46 @@ def _decide(fingerprint: str, teacher_digest: str, cfg: Config, tracking_uri: st
     if not skip_unchanged:
         return {"retrain": True, "reason": "skip_unchanged is off: the run always trains"}
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     from kdflow import tracking
 
     uri = tracking.use_tracking(tracking_uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = cfg.registry.model_name
+    lineage = Lineage(fingerprint, teacher_digest, config_hash(cfg))
+    champion = _by_alias(client, name, CHAMPION)
+    if champion is None:
+        reason = f"{name} has no {CHAMPION} yet"
+    else:
+        changed = lineage.differences(champion.tags)
+        if not changed:
+            return _skip(f"nothing changed since {name} version {champion.version} (@{CHAMPION})", lineage)
+        reason = f"inputs differ from {name} version {champion.version} (@{CHAMPION}): " + "; ".join(changed)
+    # A student registered from these very inputs and not promoted yet (the alias registration gives,
+    # challenger by default) would be trained again by every scheduled run until someone promotes it.
+    pending = _by_alias(client, name, cfg.registry.alias) if cfg.registry.alias != CHAMPION else None
+    if pending is not None and not lineage.differences(pending.tags):
+        return _skip(f"{reason}, but {name} version {pending.version} (@{cfg.registry.alias}) was trained from "
+                     f"these inputs and awaits promotion", lineage)
+    return {"retrain": True, "reason": reason}
+
+
+def _by_alias(client, name: str, alias: str):
+    """The model version holding ``alias``, or None when the model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
     try:
-        version = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(name, CHAMPION)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST" and "not found" not in str(exc).lower():
             raise
-        return {"retrain": True, "reason": f"{name} has no {CHAMPION} yet"}
-    lineage = Lineage(fingerprint, teacher_digest, config_hash(cfg))
-    changed = lineage.differences(version.tags)
-    where = f"{name} version {version.version} (@{CHAMPION})"
-    if changed:
-        return {"retrain": True, "reason": f"inputs differ from {where}: " + "; ".join(changed)}
+        return None
+
+
+def _skip(why: str, lineage: Lineage) -> dict:
     return {"retrain": False,
-            "reason": f"nothing changed since {where}: same dataset fingerprint {fingerprint[:12]}, teacher "
-                      f"{teacher_digest[:12]} and config {lineage.config_hash[:12]}; training skipped"}
+            "reason": f"{why}: same dataset fingerprint {lineage.dataset_fingerprint[:12]}, teacher "
+                      f"{lineage.teacher_digest[:12]} and config {lineage.config_hash[:12]}; training skipped"}
 
 
 def unchanged_output(reason: str) -> str:

@@ -7,10 +7,11 @@ from kdflow.logs import setup_logging
 from kdflow.data.preprocess import preprocess
 
 
-def run_preprocess(data_uri: str, config_yaml: str, out_dir: str) -> dict:
+def run_preprocess(data_uri: str, config_yaml: str, out_dir: str, expected_source: str = "") -> dict:
+    """``expected_source``: the raw folder's fingerprint from the start of the run (checked)."""
     setup_logging()
     cfg = Config.from_yaml(config_yaml)
-    manifest = preprocess(data_uri, out_dir, cfg.data)
+    manifest = preprocess(data_uri, out_dir, cfg.data, expected_source)
     return {
         "fingerprint": manifest.fingerprint,
         "num_classes": manifest.num_classes,

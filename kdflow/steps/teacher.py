@@ -39,7 +39,7 @@ def check_teacher(teacher: torch.nn.Module, dataset: DatasetManifest, device: to
 
 
 def run_teacher_inference(
-    dataset_dir: str, teacher_uri: str, config_yaml: str, cache_uri: str, out_dir: str
+    dataset_dir: str, teacher_uri: str, config_yaml: str, cache_uri: str, out_dir: str, expected_digest: str = ""
 ) -> SoftLabelRef:
     """Fill (or find) the cache entry; write a ``SoftLabelRef`` to ``out_dir`` and return it.
 
@@ -53,6 +53,12 @@ def run_teacher_inference(
     dataset = DatasetManifest.open(dataset_dir)
     source = TeacherSource(teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std)
     digest = source.digest()
+    # The given teacher's digest from the start of the run keys KFP's cache of this step; without
+    # adaptation the teacher read here is that teacher, and must still be it.
+    if expected_digest and cfg.teacher.adapt_epochs == 0 and digest != expected_digest:
+        raise KdflowError(f"the teacher at {teacher_uri} changed after the run started (digest {digest[:12]}, "
+                          f"expected {expected_digest[:12]})",
+                          "run the pipeline again; do not replace a teacher while a run uses it")
     spec = EntrySpec(digest, dataset, cfg.teacher.top_k, tuple(views.plan(cfg.augment, cfg.cached_views())))
     cache = SoftLabelCache(cache_uri)
     n_views = len(spec.views) - 1

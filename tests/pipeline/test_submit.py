@@ -4,6 +4,7 @@ records every request, so these tests assert what a real cluster would receive."
 
 from __future__ import annotations
 
+import json
 import sys
 from unittest import mock
 
@@ -17,7 +18,10 @@ from tests.helpers import free_port
 
 pytestmark = pytest.mark.pipeline
 
-URIS = ["--data", "s3://bucket/flowers", "--teacher", "models:/teacher@champion", "--cache-uri", "s3://bucket/cache"]
+PREFIX = "registry.example.com/acme"  # where `make push REGISTRY=...` put the images
+INPUTS = ["--data", "s3://bucket/flowers", "--teacher", "models:/teacher@champion", "--cache-uri", "s3://bucket/cache"]
+URIS = [*INPUTS, "--image-prefix", PREFIX]
+SECRET = "pw-7f3a91c2"  # a password in a URI: it must never be sent, nor said back
 
 
 @pytest.fixture
@@ -25,7 +29,7 @@ def cluster(monkeypatch, tmp_path):
     """A fake KFP; no token, endpoint or kfp context leaks in from the machine running the tests."""
     for var in ("KF_PIPELINES_TOKEN", "KF_PIPELINES_SA_TOKEN_PATH", "KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT",
                 "KF_PIPELINES_IAP_OAUTH2_CLIENT_ID", "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME",
-                "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME"):
+                "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME", "KDFLOW_IMAGE_PREFIX"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(kfp.client, "KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-such-token"))
     monkeypatch.setattr(kfp.client.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
@@ -112,7 +116,7 @@ def test_submit_uploads_a_new_pipeline_and_starts_a_run_of_its_version(cluster, 
     assert config["data_uri"] == "s3://bucket/flowers" and config["distill"]["method"] == "kd"
     [run_id] = cluster.runs
     assert out == f"{cluster.url}/#/runs/details/{run_id}\n"  # stdout is the URL alone (kfp's chatter: stderr)
-    assert compiles.calls == [{"pipeline": "distill", "platform_file": None, "image_prefix": None}]
+    assert compiles.calls == [{"pipeline": "distill", "platform_file": None, "image_prefix": PREFIX}]
 
 
 def test_submit_to_an_existing_pipeline_uploads_a_new_version_and_runs_that(cluster, compiles, capsys):
@@ -130,7 +134,8 @@ def test_submit_to_an_existing_pipeline_uploads_a_new_version_and_runs_that(clus
     assert len(cluster.experiments) == 1  # the second submit found the experiment the first one made
 
 
-def test_run_parameters_come_from_the_config_file_and_flags_win(cluster, compiles, capsys, tmp_path):
+def test_run_parameters_come_from_the_config_file_and_flags_win(cluster, compiles, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("KDFLOW_IMAGE_PREFIX", "ghcr.io/from-env")  # the images' prefix may come from the environment
     config = tmp_path / "run.yaml"
     config.write_text("data_uri: s3://bucket/from-config\nteacher_uri: s3://bucket/teacher.pt\n"
                       "cache_uri: s3://bucket/cache\ntracking_uri: https://mlflow.example.com\n"
@@ -144,21 +149,21 @@ def test_run_parameters_come_from_the_config_file_and_flags_win(cluster, compile
     assert params["tracking_uri"] == "https://mlflow.example.com" and params["skip_unchanged"] is True
     assert yaml.safe_load(params["config"])["distill"]["method"] == "dkd"
     assert [e["display_name"] for e in cluster.experiments.values()] == ["nightly"]
+    assert [c["image_prefix"] for c in compiles.calls] == ["ghcr.io/from-env"]
 
 
 def test_platform_file_and_image_prefix_reach_the_uploaded_spec(cluster, compiles, capsys, tmp_path):
     platform = tmp_path / "platform.yaml"
     platform.write_text("image_pull_secrets: [regcred-for-test]\n")
     code, _, err = kdflow(capsys, "submit", "--host", cluster.url, *URIS, "--platform", str(platform),
-                          "--image-prefix", "registry.example.com/acme", "--pipeline-name", "team-kd")
+                          "--pipeline-name", "team-kd")
     assert code == 0, err
-    assert compiles.calls == [{"pipeline": "distill", "platform_file": str(platform),
-                               "image_prefix": "registry.example.com/acme"}]
+    assert compiles.calls == [{"pipeline": "distill", "platform_file": str(platform), "image_prefix": PREFIX}]
     [upload] = cluster.calls("POST", "/pipelines/upload")
     assert upload.query["name"] == "team-kd"
     data = upload.body["files"]["uploadfile"][1]
     images = [e["container"]["image"] for e in next(yaml.safe_load_all(data))["deploymentSpec"]["executors"].values()]
-    assert images and all(i.startswith("registry.example.com/acme/") for i in images)
+    assert images and all(i.startswith(PREFIX + "/") for i in images)
     assert b"regcred-for-test" in data
 
 
@@ -269,7 +274,8 @@ def test_bad_cron_is_refused_before_any_request(cluster, compiles, capsys, cron,
     (["--data", "/data/flowers"], "data_uri"),
     (["--data", "file:///data/flowers"], "data_uri"),
     (["--teacher", "/models/teacher.pt"], "teacher_uri"),
-    (["--teacher", "runs:/abc/model"], "teacher_uri"),
+    (["--teacher", "file:///models/teacher.pt"], "teacher_uri"),
+    (["--teacher", "https://example.com/teacher.pt"], "teacher_uri"),
     (["--cache-uri", ".kdflow/cache"], "cache_uri"),
     (["--tracking-uri", "sqlite:///mlflow.db"], "tracking_uri"),
 ])
@@ -277,11 +283,161 @@ def test_local_inputs_are_refused_before_any_request(cluster, compiles, capsys, 
     code, out, err = kdflow(capsys, "submit", "--host", cluster.url, *URIS, *flags)
     assert code == 2 and f"error: {key} " in err and "fix:" in err
     assert cluster.requests == [] and out == "" and compiles.calls == []
+    if key == "teacher_uri":
+        assert "models:/" in err and "runs:/" in err
+
+
+def test_a_runs_uri_teacher_is_resolved_through_mlflow_like_a_models_uri(cluster, compiles, capsys):
+    code, _, err = kdflow(capsys, "submit", "--host", cluster.url, *URIS, "--teacher", "runs:/0123abcd/model")
+    assert code == 0, err
+    [run] = cluster.calls("POST", "/runs")
+    assert _parameters(run)["teacher_uri"] == "runs:/0123abcd/model"
+
+
+@pytest.mark.parametrize("command", [["submit"], ["schedule", "--cron", "@daily"]])
+@pytest.mark.parametrize("prefix", [[], ["--image-prefix", "kdflow"], ["--image-prefix", "docker.io/kdflow/"],
+                                    ["--image-prefix", ""]])
+def test_the_unpublished_default_images_are_refused_before_anything_is_compiled_or_sent(cluster, compiles, capsys,
+                                                                                      command, prefix):
+    code, out, err = kdflow(capsys, *command, "--host", cluster.url, *INPUTS, *prefix)
+    assert code == 2 and "kdflow/kdflow-cpu" in err and "Docker Hub" in err
+    assert "make images && make push REGISTRY=R" in err and "--image-prefix R" in err and "KDFLOW_IMAGE_PREFIX" in err
+    assert cluster.requests == [] and compiles.calls == [] and out == ""
+
+
+@pytest.mark.parametrize("flags, key, said", [
+    (["--tracking-uri", f"http://alice:{SECRET}@mlflow:5000"], "tracking_uri", "MLFLOW_TRACKING_PASSWORD"),
+    (["--tracking-uri", f"https://{SECRET}@mlflow.example.com"], "tracking_uri", "MLFLOW_TRACKING_TOKEN"),
+    (["--data", f"s3://AKIAEXAMPLE:{SECRET}@bucket/flowers"], "data_uri", "AWS_SECRET_ACCESS_KEY"),
+    (["--cache-uri", f"s3://key:{SECRET}@bucket/cache"], "cache_uri", "AWS_SECRET_ACCESS_KEY"),
+    (["--teacher", f"s3://key:{SECRET}@bucket/teacher.pt"], "teacher_uri", "AWS_SECRET_ACCESS_KEY"),
+])
+def test_a_uri_with_a_credential_is_refused_without_saying_it(cluster, compiles, capsys, flags, key, said):
+    code, out, err = kdflow(capsys, "submit", "--host", cluster.url, *URIS, *flags)
+    assert code == 2 and f"error: {key} " in err and "user name or password" in err
+    assert said in err and "docs/cluster.md section 4" in err
+    assert ("`kdflow-mlflow` Kubernetes secret" if key == "tracking_uri" else "`kdflow-s3` Kubernetes secret") in err
+    assert SECRET not in out + err
+    assert cluster.requests == [] and compiles.calls == []
+
+
+def test_a_config_tracking_uri_with_a_credential_is_refused(cluster, compiles, capsys, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"tracking_uri: http://alice:{SECRET}@mlflow:5000\n")
+    code, out, err = kdflow(capsys, "schedule", "--host", cluster.url, *URIS, "--config", str(config),
+                            "--cron", "@daily")
+    assert code == 2 and "error: tracking_uri http://***@mlflow:5000 " in err
+    assert "--tracking-uri http://mlflow:5000" in err and "MLFLOW_TRACKING_USERNAME" in err
+    assert SECRET not in out + err and cluster.requests == [] and compiles.calls == []
+
+
+@pytest.mark.parametrize("command", [["submit", *URIS], ["schedule", *URIS, "--cron", "@daily"], ["schedule", "list"]])
+@pytest.mark.parametrize("from_env", [False, True])
+def test_a_host_with_a_credential_is_refused_with_the_token_options(cluster, compiles, capsys, monkeypatch,
+                                                                    command, from_env):
+    host = cluster.url.replace("://", f"://admin:{SECRET}@")
+    if from_env:
+        monkeypatch.setenv("KF_PIPELINES_ENDPOINT", host)
+        code, out, err = kdflow(capsys, *command)
+    else:
+        code, out, err = kdflow(capsys, command[0], "--host", host, *command[1:])
+    assert code == 2 and "error: --host http://***@127.0.0.1:" in err and "user name or password" in err
+    assert "--token" in err and "KF_PIPELINES_TOKEN" in err and f"--host {cluster.url}" in err
+    assert SECRET not in out + err
+    assert cluster.requests == [] and compiles.calls == []
+
+
+def test_no_credential_of_this_machine_reaches_the_cluster(cluster, compiles, capsys, monkeypatch):
+    markers = {var: f"marker-{n}-{var.lower()}" for n, var in enumerate(
+        ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"))}
+    for var, value in markers.items():
+        monkeypatch.setenv(var, value)
+    token = "marker-kfp-token-5e0d"
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", token)
+    cluster.require_token = token
+    said = ""
+    for command in (["submit", "--tracking-uri", "http://mlflow:5000"], ["schedule", "--cron", "0 0 3 * * *"]):
+        code, out, err = kdflow(capsys, *command, "--host", cluster.url, *URIS)
+        assert code == 0, err
+        said += out + err
+    # the uploaded spec (as a new pipeline, then a new version), the run and the recurring run were all seen
+    assert cluster.calls("POST", "/pipelines/upload") and cluster.calls("POST", "/pipelines/upload_version")
+    assert cluster.calls("POST", "/runs") and cluster.calls("POST", "/recurringruns")
+    found = [(r.method, r.path, where, value) for r in cluster.requests for where, text in r.parts().items()
+             for value in (*markers.values(), token) if value in text]
+    assert {where for *_, where, value in found if value == token} == {"header authorization"}
+    assert [f for f in found if f[3] != token] == []
+    assert all(r.auth == f"Bearer {token}" for r in cluster.requests)
+    assert not [value for value in (*markers.values(), token) if value in said]
+
+
+@pytest.mark.parametrize("ui, base", [
+    ("https://kubeflow.example.com/pipeline/", "https://kubeflow.example.com/pipeline"),
+    ("ui.example.com:8080", "http://ui.example.com:8080"),  # no scheme: http://, as kfp.Client does
+])
+def test_printed_urls_use_the_ui_endpoint_when_it_is_set(cluster, compiles, capsys, monkeypatch, ui, base):
+    monkeypatch.setenv("KF_PIPELINES_UI_ENDPOINT", ui)
+    code, out, err = kdflow(capsys, "submit", "--host", cluster.url, *URIS)
+    assert code == 0, err
+    [run_id] = cluster.runs
+    assert out == f"{base}/#/runs/details/{run_id}\n"
+    code, out, err = kdflow(capsys, "schedule", "--host", cluster.url, *URIS, "--cron", "@daily")
+    assert code == 0, err
+    [rid] = cluster.recurring_runs
+    assert out == f"{base}/#/recurringrun/details/{rid}\n"
+
+
+def _caching(spec: bytes) -> dict:
+    """Each task of each DAG of a compiled spec: its cachingOptions."""
+    doc = next(yaml.safe_load_all(spec))
+    dags = [doc["root"], *(c for c in doc["components"].values() if "dag" in c)]
+    return {name: task.get("cachingOptions") for dag in dags for name, task in dag["dag"]["tasks"].items()}
+
+
+@pytest.mark.parametrize("command, created", [(["submit"], "/runs"),
+                                              (["schedule", "--cron", "@daily"], "/recurringruns")])
+@pytest.mark.parametrize("no_cache", [False, True])
+def test_no_cache_turns_caching_off_in_the_version_the_run_is_pinned_to(cluster, compiles, capsys, command, created,
+                                                                       no_cache):
+    code, _, err = kdflow(capsys, *command, "--host", cluster.url, *URIS, *(["--no-cache"] if no_cache else []))
+    assert code == 0, err
+    [upload] = cluster.calls("POST", "/pipelines/upload")
+    caching = _caching(upload.body["files"]["uploadfile"][1])
+    [pipeline_id] = cluster.pipelines
+    [version] = cluster.versions[pipeline_id]
+    [request] = cluster.calls("POST", created)
+    assert request.body["pipeline_version_reference"]["pipeline_version_id"] == version["pipeline_version_id"]
+    assert "pipeline_spec" not in request.body  # the run takes its caching from the pinned version's spec
+    if no_cache:
+        # kfp's enable_caching=False rewrites only an inline spec: the uploaded one says it, in every DAG
+        assert "teacher-inference" in caching and all(c == {"enableCache": False} for c in caching.values())
+        assert "step caching off" in err
+    else:  # the compiled caching options, untouched
+        assert caching["teacher-inference"] == caching["preprocess"] == {"enableCache": True}
+        assert caching["distill"] == {}
+
+
+@pytest.mark.parametrize("given", [["--config", "run.yaml"], ["--data", "s3://b/d"], ["--image-prefix", PREFIX],
+                                   ["--no-cache"], ["--experiment", "Default"], ["--cron", "@daily"],
+                                   ["--always-retrain"], ["--name", "nightly"]])
+@pytest.mark.parametrize("subcommand", [["list"], ["delete", "some-id"]])
+def test_schedule_subcommands_refuse_pipeline_options_given_before_them(cluster, capsys, given, subcommand):
+    code, out, err = kdflow(capsys, "schedule", "--host", cluster.url, *given, *subcommand)
+    assert code == 2 and given[0] in err and f"kdflow schedule {subcommand[0]}" in err
+    assert cluster.requests == [] and out == ""
+
+
+def test_schedule_subcommands_take_connection_options_and_ignore_the_image_prefix_variable(cluster, capsys,
+                                                                                         monkeypatch):
+    monkeypatch.setenv("KDFLOW_IMAGE_PREFIX", PREFIX)  # from the environment, not given: no refusal
+    rid = cluster.add_recurring_run("nightly", "0 0 3 * * *")
+    code, out, err = kdflow(capsys, "schedule", "--host", cluster.url, "--token", "t0k", "list")
+    assert code == 0 and rid in out, err
 
 
 def test_a_missing_data_uri_is_refused_with_the_flag_to_pass(cluster, compiles, capsys):
     code, _, err = kdflow(capsys, "schedule", "--host", cluster.url, "--teacher", "s3://b/t.pt",
-                          "--cache-uri", "s3://b/c", "--cron", "@daily")
+                          "--cache-uri", "s3://b/c", "--image-prefix", PREFIX, "--cron", "@daily")
     assert code == 2 and "no data_uri" in err and "--data s3://" in err
     assert cluster.requests == []
 

@@ -72,3 +72,16 @@ def test_skip_unchanged_off_always_trains(registry):
     client.set_registered_model_alias("sched-student", "champion", "1")
     out = decide_retraining(FINGERPRINT, TEACHER, CONFIG, uri, skip_unchanged=False)
     assert out["retrain"] and "always trains" in out["reason"]
+
+
+def test_a_student_from_the_same_inputs_awaiting_promotion_also_stops_the_run(registry):
+    """Registration gives the challenger alias; until someone promotes it, a schedule would train the
+    same student every night without this."""
+    uri, client = registry
+    client.set_registered_model_alias("sched-student", "challenger", "1")
+    out = decide_retraining(FINGERPRINT, TEACHER, CONFIG, uri, skip_unchanged=True)
+    assert not out["retrain"]
+    assert out["reason"].startswith("sched-student has no champion yet, but sched-student version 1 "
+                                    "(@challenger) was trained from these inputs and awaits promotion")
+    out = decide_retraining("e" * 64, TEACHER, CONFIG, uri, skip_unchanged=True)
+    assert out == {"retrain": True, "reason": "sched-student has no champion yet"}

@@ -72,12 +72,14 @@ images: image-cpu image-gpu ## Build both images (make images GPU_BASE=pytorch/p
 	@# Drop the untagged images that these builds superseded (the build cache is not among them).
 	@$(DOCKER) image prune --force --filter label=org.opencontainers.image.title=kdflow-cpu >/dev/null
 	@$(DOCKER) image prune --force --filter label=org.opencontainers.image.title=kdflow-gpu >/dev/null
-	@# The dependency stage's image is the build cache of the next build: keep the newest, drop older ones.
-	@$(DOCKER) image ls -q --filter label=org.opencontainers.image.title=kdflow-cpu-deps | tail -n +2 \
-	  | xargs -r $(DOCKER) rmi >/dev/null 2>&1 || true
+	@$(DOCKER) image prune --force --filter label=org.opencontainers.image.title=kdflow-cpu-deps >/dev/null
 	@$(DOCKER) image ls --format '  {{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E '$(IMAGE_PREFIX)/kdflow-(cpu|gpu):$(VERSION) ' || true
 
 image-cpu: wheelhouse $(if $(filter $(LOCAL_BASE),$(CPU_BASE)),base-image) ## Build the CPU image on CPU_BASE
+	@# The dependency stage is tagged too: it is the next build's cache, and `make images` prunes only
+	@# the untagged (superseded) ones.
+	$(DOCKER_BUILD) --build-arg BASE_IMAGE=$(CPU_BASE) -f images/cpu/Dockerfile --target deps \
+	  -t $(IMAGE_PREFIX)/kdflow-cpu-deps:cache $(IMAGE_CONTEXT)
 	$(DOCKER_BUILD) --build-arg BASE_IMAGE=$(CPU_BASE) -f images/cpu/Dockerfile -t $(CPU_IMAGE) $(IMAGE_CONTEXT)
 
 image-gpu: wheelhouse $(if $(filter $(CPU_IMAGE),$(GPU_BASE)),image-cpu) ## Build the GPU image on GPU_BASE (default: the CPU image as a stand-in)

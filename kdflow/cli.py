@@ -76,7 +76,7 @@ def _run_locally(run_pipeline, workdir: Path, cfg, arguments: dict) -> str:
 @_where_options
 @click.option("--skip-unchanged", is_flag=True,
               help="Stop after preprocessing when the data, teacher and config equal those of the registry's "
-                   "champion (what scheduled runs do).")
+                   "champion, or of the unpromoted student holding registry.alias (what scheduled runs do).")
 def run(data, teacher, config_path, workdir, cache_uri, tracking_uri, skip_unchanged) -> None:
     """Run the whole pipeline locally (kfp.local) and print a summary.
 

@@ -70,7 +70,8 @@ def require_image_prefix(prefix: str | None) -> str:
     from kdflow.components.images import IMAGE_PREFIX
 
     value = (prefix or "").strip().rstrip("/")
-    if value and _DOCKER_HUB.sub("", value, count=1) != IMAGE_PREFIX:
+    hub = _DOCKER_HUB.sub("", value, count=1)
+    if value and hub != IMAGE_PREFIX and not hub.startswith(IMAGE_PREFIX + "/"):
         return value
     named = f"--image-prefix {value}" if value else "no --image-prefix"
     raise KdflowError(f"{named}: the default images ({IMAGE_PREFIX}/kdflow-cpu, {IMAGE_PREFIX}/kdflow-gpu) name "
@@ -264,7 +265,8 @@ def _deploy(t: Target, skip_unchanged: bool, note: str) -> _Deployment:
 @_pipeline_options
 @click.option("--run-name", metavar="NAME", help="Display name of the run. Default: the pipeline name and the time.")
 @click.option("--skip-unchanged", is_flag=True,
-              help="Stop after preprocessing when the dataset, teacher and config match the registry's champion.")
+              help="Stop after preprocessing when the dataset, teacher and config match the registry's champion "
+                   "(or the unpromoted student holding registry.alias).")
 @click.option("--wait", is_flag=True,
               help="Follow the run to its end; exit 0 when it succeeded, 1 otherwise (the state is said).")
 @click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), default=15.0, show_default=True,
@@ -318,7 +320,8 @@ def _refuse_group_options(ctx: click.Context) -> None:
 @click.option("--name", metavar="NAME", help="Display name of the recurring run. Default: the pipeline name and cron.")
 @click.option("--always-retrain", is_flag=True,
               help="Retrain on every run. Default: a run stops after preprocessing when the dataset, teacher "
-                   "and config match the registry's champion (pipeline parameter skip_unchanged).")
+                   "and config match the registry's champion, or the unpromoted student holding registry.alias "
+                   "(pipeline parameter skip_unchanged).")
 def schedule(ctx, cron, name, always_retrain, **options) -> None:
     """Run the distill pipeline on a schedule: a KFP recurring run of the version uploaded now.
 
@@ -339,6 +342,9 @@ def schedule(ctx, cron, name, always_retrain, **options) -> None:
         raise click.UsageError('--cron is required to create a schedule, e.g. --cron "0 0 3 * * *" '
                                "(or use `kdflow schedule list` / `kdflow schedule delete ID`)")
     target = Target.of(options)
+    if target.no_cache:
+        raise click.UsageError("--no-cache is for one run (`kdflow submit --no-cache`): on a schedule it would turn "
+                               "KFP's step cache off for every future run", ctx)
     cron = crontab.validate(cron)
     d = _deploy(target, not always_retrain, f"kdflow schedule {cron!r}")
     remote, host = d.remote, target.host

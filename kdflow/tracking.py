@@ -76,6 +76,7 @@ def use_tracking(tracking_uri: str | None) -> str:
         raise KdflowError("no MLflow tracking URI given",
                           "pass --tracking-uri / the tracking_uri parameter, or set MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # kdflow's registry is the tracking server's, whatever was set before
     return uri
 
 

@@ -50,10 +50,12 @@ def make_distill_pipeline(platform: Platform | None = None):
                     cache=False).set_display_name("check-champion")
         with dsl.If(check.outputs["retrain"] == True, name="inputs-changed"):  # noqa: E712 (a KFP condition)
             adapt = gpu(adapt_teacher(dataset=prep.outputs["dataset"], teacher_uri=teacher_uri, config=config,
-                                      cache_uri=cache_uri, teacher_digest=teacher_digest)
+                                      cache_uri=cache_uri, teacher_digest=teacher_digest,
+                                      tracking_uri=tracking_uri)
                         ).set_display_name("teacher-adaptation")
             labels = gpu(teacher_inference(dataset=prep.outputs["dataset"], teacher_uri=adapt.output, config=config,
-                                           cache_uri=cache_uri, teacher_digest=teacher_digest)
+                                           cache_uri=cache_uri, teacher_digest=teacher_digest,
+                                           tracking_uri=tracking_uri)
                          ).set_display_name("teacher-inference")
             train = gpu(distill(dataset=prep.outputs["dataset"], soft_labels=labels.outputs["soft_labels"],
                                 config=config, tracking_uri=tracking_uri,

@@ -60,10 +60,12 @@ def make_sweep_pipeline(parallelism: int = CLUSTER_PARALLELISM, platform: Platfo
                                   source_fingerprint=inputs.outputs["source_fingerprint"]),
                        cache=True).set_display_name("preprocess")
             adapt = gpu(adapt_teacher(dataset=prep.outputs["dataset"], teacher_uri=teacher_uri, config=config,
-                                      cache_uri=cache_uri, teacher_digest=teacher_digest),
+                                      cache_uri=cache_uri, teacher_digest=teacher_digest,
+                                      tracking_uri=tracking_uri),
                         cache=True).set_display_name("teacher-adaptation")
             labels = gpu(teacher_inference(dataset=prep.outputs["dataset"], teacher_uri=adapt.output, config=config,
-                                           cache_uri=cache_uri, teacher_digest=teacher_digest),
+                                           cache_uri=cache_uri, teacher_digest=teacher_digest,
+                                           tracking_uri=tracking_uri),
                          cache=True).set_display_name("teacher-inference")
             # After the labels: a teacher that fails leaves no parent run behind.
             start = cpu(start_sweep(dataset=prep.outputs["dataset"], config=config, trials=trials,

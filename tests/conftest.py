@@ -25,6 +25,21 @@ registry: {model_name: tiny-student, experiment: tiny}
 """
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_environment_restored():
+    """mlflow.set_tracking_uri/set_registry_uri also set MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI in
+    os.environ, which every later subprocess (every kfp.local task) inherits: a test's URIs must not
+    reach the next test's pipeline steps."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def tiny_config_yaml() -> str:
     return TINY_CONFIG

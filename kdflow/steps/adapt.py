@@ -40,7 +40,7 @@ def recipe(cfg: Config) -> TrainConfig:
 
 
 def run_adaptation(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_uri: str,
-                   expected_digest: str = "") -> dict:
+                   expected_digest: str = "", tracking_uri: str | None = None) -> dict:
     """Returns {"teacher_uri": the teacher to use from here on, "adapted", "reused", val accuracies}.
 
     ``expected_digest`` (the digest taken when the run started, which keys KFP's cache) must match
@@ -53,6 +53,10 @@ def run_adaptation(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_u
         raise KdflowError("no teacher given to adapt", "pass a teacher (a state_dict or kdflow checkpoint)")
     dataset = DatasetManifest.open(dataset_dir)
     source = TeacherSource(teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std)
+    if source.is_mlflow:  # a models:/ or runs:/ teacher is read through the tracking server
+        from kdflow import tracking
+
+        tracking.use_tracking(tracking_uri)
     if expected_digest and source.digest() != expected_digest:
         raise KdflowError(f"the teacher at {teacher_uri} changed after the run started "
                           f"(digest {source.digest()[:12]}, expected {expected_digest[:12]})",

@@ -39,7 +39,8 @@ def check_teacher(teacher: torch.nn.Module, dataset: DatasetManifest, device: to
 
 
 def run_teacher_inference(
-    dataset_dir: str, teacher_uri: str, config_yaml: str, cache_uri: str, out_dir: str, expected_digest: str = ""
+    dataset_dir: str, teacher_uri: str, config_yaml: str, cache_uri: str, out_dir: str, expected_digest: str = "",
+    tracking_uri: str | None = None,
 ) -> SoftLabelRef:
     """Fill (or find) the cache entry; write a ``SoftLabelRef`` to ``out_dir`` and return it.
 
@@ -52,6 +53,10 @@ def run_teacher_inference(
         raise KdflowError("no teacher given", "pass a teacher (TorchScript, checkpoint or models:/ URI)")
     dataset = DatasetManifest.open(dataset_dir)
     source = TeacherSource(teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std)
+    if source.is_mlflow:  # a models:/ or runs:/ teacher is read through the tracking server
+        from kdflow import tracking
+
+        tracking.use_tracking(tracking_uri)
     digest = source.digest()
     # The given teacher's digest from the start of the run keys KFP's cache of this step; without
     # adaptation the teacher read here is that teacher, and must still be it.

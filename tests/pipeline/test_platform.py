@@ -77,7 +77,7 @@ def test_every_step_gets_credentials_from_secrets_and_pulls_with_the_pull_secret
         env = {e["envVar"]: (s["secretName"], s["optional"]) for s in cfg["secretAsEnv"] for e in s["keyToEnv"]}
         assert env["AWS_SECRET_ACCESS_KEY"] == ("kdflow-s3", False)
         assert env["AWS_ENDPOINT_URL"] == ("kdflow-s3", True)
-        assert env["MLFLOW_TRACKING_TOKEN"] == ("kdflow-mlflow", False)
+        assert env["MLFLOW_TRACKING_TOKEN"] == ("kdflow-mlflow", True)
         assert [p["secretName"] for p in cfg["imagePullSecret"]] == ["regcred"]
 
 

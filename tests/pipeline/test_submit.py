@@ -296,7 +296,8 @@ def test_a_runs_uri_teacher_is_resolved_through_mlflow_like_a_models_uri(cluster
 
 @pytest.mark.parametrize("command", [["submit"], ["schedule", "--cron", "@daily"]])
 @pytest.mark.parametrize("prefix", [[], ["--image-prefix", "kdflow"], ["--image-prefix", "docker.io/kdflow/"],
-                                    ["--image-prefix", ""]])
+                                    ["--image-prefix", ""], ["--image-prefix", "kdflow/x"],
+                                    ["--image-prefix", "docker.io/kdflow/x"]])
 def test_the_unpublished_default_images_are_refused_before_anything_is_compiled_or_sent(cluster, compiles, capsys,
                                                                                       command, prefix):
     code, out, err = kdflow(capsys, *command, "--host", cluster.url, *INPUTS, *prefix)
@@ -394,9 +395,8 @@ def _caching(spec: bytes) -> dict:
     return {name: task.get("cachingOptions") for dag in dags for name, task in dag["dag"]["tasks"].items()}
 
 
-@pytest.mark.parametrize("command, created", [(["submit"], "/runs"),
-                                              (["schedule", "--cron", "@daily"], "/recurringruns")])
-@pytest.mark.parametrize("no_cache", [False, True])
+@pytest.mark.parametrize("command, created, no_cache", [(["submit"], "/runs", False), (["submit"], "/runs", True),
+                                                        (["schedule", "--cron", "@daily"], "/recurringruns", False)])
 def test_no_cache_turns_caching_off_in_the_version_the_run_is_pinned_to(cluster, compiles, capsys, command, created,
                                                                        no_cache):
     code, _, err = kdflow(capsys, *command, "--host", cluster.url, *URIS, *(["--no-cache"] if no_cache else []))
@@ -415,6 +415,12 @@ def test_no_cache_turns_caching_off_in_the_version_the_run_is_pinned_to(cluster,
     else:  # the compiled caching options, untouched
         assert caching["teacher-inference"] == caching["preprocess"] == {"enableCache": True}
         assert caching["distill"] == {}
+
+
+def test_a_schedule_refuses_no_cache_which_would_hold_for_every_run(cluster, compiles, capsys):
+    code, _, err = kdflow(capsys, "schedule", "--cron", "@daily", "--host", cluster.url, *URIS, "--no-cache")
+    assert code == 2 and "on a schedule it would turn KFP's step cache off for every future run" in err
+    assert cluster.requests == [] and compiles.calls == []
 
 
 @pytest.mark.parametrize("given", [["--config", "run.yaml"], ["--data", "s3://b/d"], ["--image-prefix", PREFIX],

@@ -85,3 +85,16 @@ def test_a_student_from_the_same_inputs_awaiting_promotion_also_stops_the_run(re
                                     "(@challenger) was trained from these inputs and awaits promotion")
     out = decide_retraining("e" * 64, TEACHER, CONFIG, uri, skip_unchanged=True)
     assert out == {"retrain": True, "reason": "sched-student has no champion yet"}
+
+
+def test_steps_use_the_tracking_servers_registry_whatever_the_environment_says(tmp_path, monkeypatch):
+    """A pod (or a test session) may carry MLFLOW_REGISTRY_URI for another server: registration and
+    the champion check must use the registry of the run's own tracking URI."""
+    import mlflow
+
+    from kdflow import tracking
+
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "http://127.0.0.1:9")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.use_tracking(uri)
+    assert mlflow.get_registry_uri() == uri

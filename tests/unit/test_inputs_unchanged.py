@@ -2,6 +2,7 @@
 step checks that what it reads still has that digest, so a cache entry never holds other content."""
 
 import pytest
+import torch
 
 from kdflow.data.source import source_fingerprint
 from kdflow.errors import DataError, KdflowError
@@ -38,3 +39,26 @@ def test_teacher_inference_refuses_a_teacher_replaced_since_the_run_started(tmp_
     ref = run_teacher_inference(str(tmp_path / "ds"), tiny_teacher, tiny_config_yaml, str(tmp_path / "cache"),
                                 str(tmp_path / "ref"), expected_digest=digest)
     assert ref.teacher_digest == digest
+
+
+def test_an_mlflow_teacher_is_read_through_the_tracking_uri_parameter(tmp_path, tiny_data, tiny_teacher,
+                                                                      tiny_config_yaml, monkeypatch):
+    """On a cluster the URI may come from the run's tracking_uri parameter rather than the pod's
+    environment: the teacher steps read a models:/ teacher through it."""
+    import mlflow
+
+    from kdflow import tracking
+    from kdflow.models.loading import load_checkpoint
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.use_tracking(uri)
+    model, _ = load_checkpoint(open(tiny_teacher, "rb").read())
+    with mlflow.start_run(experiment_id=tracking.experiment_id("teachers", uri)):
+        model_uri = tracking.log_model(model.eval(), torch.rand(2, 3, 12, 12))
+    version = mlflow.register_model(model_uri, "param-teacher").version
+    mlflow.set_tracking_uri("sqlite:///" + str(tmp_path / "elsewhere.db"))  # the process default points elsewhere
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_preprocess(str(tiny_data), tiny_config_yaml, str(tmp_path / "ds"))
+    ref = run_teacher_inference(str(tmp_path / "ds"), f"models:/param-teacher/{version}", tiny_config_yaml,
+                                str(tmp_path / "cache"), str(tmp_path / "ref"), tracking_uri=uri)
+    assert not ref.cache_hit and len(ref.teacher_digest) == 64

@@ -30,6 +30,7 @@ class Tag:
     # The teacher as given to the run, before adaptation (TEACHER_DIGEST is the labelling teacher's).
     TEACHER_INPUT_DIGEST = "kdflow.teacher_input_digest"
     CONFIG_HASH = "kdflow.config_hash"  # the run config without its locations (kdflow.lineage)
+    CODE_VERSION = "kdflow.code_version"  # the kdflow package version that trained the run
     CACHE_KEY = "kdflow.softlabel_cache_key"
     CACHE_HIT = "kdflow.softlabel_cache_hit"
     PIPELINE_RUN = "kdflow.pipeline_run"
@@ -46,7 +47,7 @@ class Tag:
 
     # Copied from the run onto the model version, so the registry alone says where a model came from.
     LINEAGE = (DATASET_FINGERPRINT, TEACHER_DIGEST, TEACHER_INPUT_DIGEST, CONFIG_HASH, CACHE_KEY, PIPELINE_RUN,
-               METHOD)
+               METHOD, CODE_VERSION)
 class SweepTag:
     """Tags of a sweep's runs (written by the start and select steps, read here)."""
 
@@ -108,15 +109,26 @@ def log_config(cfg: Config) -> None:
     mlflow.log_text(cfg.to_yaml(), "config.yaml")
 
 
-def log_model(model: torch.nn.Module, example: torch.Tensor) -> str:
-    """Log ``model`` (a Classifier taking [0, 1] pixels) with its signature; returns its model URI.
+def synthetic_example(channels: int, height: int, width: int) -> torch.Tensor:
+    """Two [0, 1] images of the right shape that are no one's data: a horizontal and a vertical
+    ramp. MLflow stores a model's input example beside it, readable by anyone who can read the
+    registry, so a training image must never be one (a privacy leak of the training set)."""
+    ramp_x = torch.linspace(0, 1, width).expand(channels, height, width)
+    ramp_y = torch.linspace(0, 1, height).unsqueeze(1).expand(channels, height, width)
+    return torch.stack([ramp_x, ramp_y]).contiguous()
+
+
+def log_model(model: torch.nn.Module, image_shape: tuple[int, int, int]) -> str:
+    """Log ``model`` (a Classifier taking [0, 1] pixels [B, C, H, W]) with its signature; returns its
+    model URI. ``image_shape`` is (C, H, W); the input example is synthetic (``synthetic_example``).
 
     MLflow stores it as a ``torch.export`` program (pt2): self-contained, loadable without kdflow and
-    without unpickling code. The batch dimension is dynamic because ``example`` has two rows.
+    without unpickling code. The batch dimension is dynamic because the example has two rows.
     """
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
+    example = synthetic_example(*image_shape)
     model = model.cpu().eval()
     with torch.no_grad():
         output = model(example.cpu()).numpy()

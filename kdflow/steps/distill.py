@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from kdflow import __version__
 from kdflow.config import Config
 from kdflow.logs import setup_logging
 from kdflow.data.shards import DatasetManifest
@@ -35,6 +36,7 @@ def _tags(dataset: DatasetManifest, ref: SoftLabelRef, pipeline_run: str, cfg: C
     tags = {
         Tag.DATASET_FINGERPRINT: dataset.fingerprint,
         Tag.CONFIG_HASH: config_hash(cfg),
+        Tag.CODE_VERSION: __version__,
         Tag.TEACHER_DIGEST: ref.teacher_digest,
         Tag.TEACHER_URI: ref.teacher_uri,
         Tag.CACHE_KEY: ref.cache_key,
@@ -131,5 +133,5 @@ def run_distillation(
         student_uri = join(out_dir, STUDENT_FILE)
         storage_for(student_uri).write_bytes(student_uri, save_checkpoint(student, cfg.student.arch,
                                                                           dataset.num_classes))
-        model_uri = tracking.log_model(student, example)
+        model_uri = tracking.log_model(student, tuple(example.shape[1:]))
     return {"run_id": run.info.run_id, "model_uri": model_uri, "final_metrics": final}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from kdflow.config import Config
 from kdflow.logs import setup_logging
 from kdflow.tracking import Tag
 from kdflow.errors import KdflowError
 
+log = logging.getLogger(__name__)
 
 
 def run_registration(run_id: str, model_uri: str, config_yaml: str, tracking_uri: str | None) -> dict:
@@ -26,11 +29,29 @@ def run_registration(run_id: str, model_uri: str, config_yaml: str, tracking_uri
             f"run {run_id} did not pass the evaluation gate ({run.data.tags.get(Tag.GATE, 'not evaluated')})",
             "only a student that passes evaluation is registered",
         )
-    tags = {k: run.data.tags[k] for k in Tag.LINEAGE if k in run.data.tags}
-    tags[Tag.RUN_ID] = run_id
-    version = mlflow.register_model(model_uri, cfg.registry.model_name, tags=tags)
+    version = _registered_from(client, cfg.registry.model_name, run_id)
+    if version is None:
+        tags = {k: run.data.tags[k] for k in Tag.LINEAGE if k in run.data.tags}
+        tags[Tag.RUN_ID] = run_id
+        version = mlflow.register_model(model_uri, cfg.registry.model_name, tags=tags)
     client.set_registered_model_alias(cfg.registry.model_name, cfg.registry.alias, version.version)
     with mlflow.start_run(run_id=run_id):
         tracking.set_tags({Tag.REGISTERED_MODEL: cfg.registry.model_name,
                            Tag.REGISTERED_VERSION: version.version})
     return {"name": cfg.registry.model_name, "version": str(version.version), "alias": cfg.registry.alias}
+
+
+def _registered_from(client, name: str, run_id: str):
+    """The version already registered from ``run_id``, if any: a retried registration step (a pod
+    lost after MLflow answered) must not make a second version of the same student."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'", max_results=10_000)
+    except MlflowException:
+        return None  # no such model yet
+    found = [v for v in versions if v.tags.get(Tag.RUN_ID) == run_id]
+    if found:
+        log.info("run %s is already registered as %s version %s: not registering it again", run_id, name,
+                 found[0].version)
+    return found[0] if found else None

@@ -41,7 +41,7 @@ def _teacher(kind: str, tiny_teacher: str, tmp_path, tracking_uri: str) -> tuple
 
     tracking.use_tracking(tracking_uri)
     with mlflow.start_run(experiment_id=tracking.experiment_id("teachers", tracking_uri)):
-        model_uri = tracking.log_model(model, torch.rand(2, 3, 12, 12))
+        model_uri = tracking.log_model(model, (3, 12, 12))
     version = mlflow.register_model(model_uri, "tiny-teacher")
     return f"models:/tiny-teacher/{version.version}", "teacher: {}"
 

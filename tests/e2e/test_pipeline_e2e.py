@@ -53,6 +53,25 @@ def test_pipeline_registers_then_reuses_the_cache(tmp_path, tiny_data, tiny_teac
     assert version.tags["kdflow.softlabel_cache_key"] == first.cache_key
     assert len(version.tags["kdflow.teacher_digest"]) == 64
     assert version.tags["kdflow.pipeline_run"].startswith("kdflow-distill")
+    from kdflow import __version__
+
+    assert version.tags["kdflow.code_version"] == __version__
+
+    # A retried registration step (its pod lost after MLflow answered) makes no second version.
+    from kdflow.steps.register import run_registration
+
+    again = run_registration(first.run_id, version.source, args["config"], mlflow_server)
+    assert again["version"] == "1"
+    assert [v.version for v in client.search_model_versions("name='e2e-student'")] == ["1"]
+
+    # No training pixels in the registry: the stored input example is synthetic.
+    from mlflow.models import Model
+
+    from kdflow.tracking import synthetic_example
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri="models:/e2e-student/1", dst_path=str(tmp_path / "m"))
+    stored = Model.load(local).load_input_example(local)
+    assert np.array_equal(np.asarray(stored, dtype=np.float32), synthetic_example(3, 12, 12).numpy())
     run = client.get_run(first.run_id)
     assert run.data.params["distill.method"] == "kd" and run.data.params["distill.options.temperature"] == "4.0"
     assert "train_loss" in run.data.metrics and "val_accuracy" in run.data.metrics

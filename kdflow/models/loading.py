@@ -114,6 +114,15 @@ class TeacherSource:
     def is_mlflow(self) -> bool:
         return self.uri.startswith(("models:/", "runs:/"))
 
+    def reach(self, tracking_uri: str | None) -> "TeacherSource":
+        """Point MLflow at ``tracking_uri`` (or $MLFLOW_TRACKING_URI) when this teacher is read through
+        the tracking server (models:/, runs:/); a file or s3:// teacher needs none. Returns self."""
+        if self.is_mlflow:
+            from kdflow import tracking
+
+            tracking.use_tracking(tracking_uri)
+        return self
+
     def _data(self) -> bytes:
         if self._bytes is None:
             self._bytes = storage_for(self.uri).read_bytes(self.uri)

@@ -52,11 +52,7 @@ def run_teacher_inference(
     if not teacher_uri:
         raise KdflowError("no teacher given", "pass a teacher (TorchScript, checkpoint or models:/ URI)")
     dataset = DatasetManifest.open(dataset_dir)
-    source = TeacherSource(teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std)
-    if source.is_mlflow:  # a models:/ or runs:/ teacher is read through the tracking server
-        from kdflow import tracking
-
-        tracking.use_tracking(tracking_uri)
+    source = TeacherSource(teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std).reach(tracking_uri)
     digest = source.digest()
     # The given teacher's digest from the start of the run keys KFP's cache of this step; without
     # adaptation the teacher read here is that teacher, and must still be it.

@@ -12,16 +12,23 @@ def evaluate(
     tracking_uri: str,
     run_id: str,
     metrics: dsl.Output[dsl.Metrics],
+    classification: dsl.Output[dsl.ClassificationMetrics],
+    report: dsl.Output[dsl.HTML],
 ) -> bool:
-    """Test accuracy of student and teacher, agreement, cost; returns the gate's decision.
+    """Accuracy with intervals, calibration, cost, membership inference and exports on the test split;
+    returns whether the gate's absolute checks passed (the student may be registered).
 
-    The gate's reasons go to the MLflow run (tag kdflow.gate) and to the metrics artifact.
-    (A single output: kfp.local resolves dsl.If conditions only on a task's default output.)
+    The verdict and every check go to the MLflow run; the KFP UI gets the headline metrics, the
+    confusion matrix and the HTML report. (A single output: kfp.local resolves dsl.If conditions
+    only on a task's default output.)
     """
     from kdflow.steps.evaluate import run_evaluation
 
-    report = run_evaluation(dataset.path, soft_labels.path, model.path, config, tracking_uri, run_id)
-    for name in ("student_accuracy", "teacher_accuracy", "agreement", "student_parameters"):
-        metrics.log_metric(name, float(report[name]))
-    metrics.metadata["gate"] = report["gate"]
-    return report["passed"]
+    result = run_evaluation(dataset.path, soft_labels.path, model.path, config, tracking_uri, run_id)
+    for name, value in result["metrics"].items():
+        metrics.log_metric(name, value)
+    classification.log_confusion_matrix(result["class_names"], result["accuracy"]["confusion_matrix"])
+    with open(report.path, "w") as f:
+        f.write(result["report_html"])
+    metrics.metadata.update({"gate": result["gate"], "promotable": result["promotable"]})
+    return result["passed"]

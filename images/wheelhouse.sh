@@ -2,7 +2,9 @@
 # The images' build context, made on the host (a build cannot reach the package index, and the
 # images install with --no-index): every wheel kdflow needs, built from pyproject.toml.
 #
-#   OUT/deps/*.whl          kdflow's dependencies and theirs, except torch
+#   OUT/deps/*.whl          kdflow's dependencies and theirs, except torch, with the onnx-check extra
+#                           (onnxruntime: the CPU image installs every wheel here and verifies ONNX
+#                           exports with it; the GPU image installs only requirements.txt)
 #   OUT/torch/*.whl         torch (TORCH_SPEC: the CPU wheel; the GPU image keeps its base's torch)
 #   OUT/kdflow/*.whl        kdflow itself (kdflow, kdflow.components, kdflow.pipelines)
 #   OUT/requirements.txt    kdflow's own requirements, read from its wheel (the GPU image installs these)
@@ -21,7 +23,7 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-315532800}
 rm -rf "$OUT" build/lib build/bdist.*  # setuptools' build/lib keeps deleted modules otherwise
 mkdir -p "$OUT/deps" "$OUT/torch" "$OUT/kdflow"
 # (grep drops the notes this machine's pip configuration adds; pipefail keeps pip's exit status)
-"$PY" -m pip wheel --quiet --wheel-dir "$OUT/deps" . "$TORCH_SPEC" 2>&1 | { grep -v "^WARNING: Location" || true; }
+"$PY" -m pip wheel --quiet --wheel-dir "$OUT/deps" ".[onnx-check]" "$TORCH_SPEC" 2>&1 | { grep -v "^WARNING: Location" || true; }
 mv "$OUT"/deps/kdflow-*.whl "$OUT/kdflow/"
 mv "$OUT"/deps/torch-*.whl "$OUT/torch/"
 "$PY" - "$OUT"/kdflow/kdflow-*.whl >"$OUT/requirements.txt" <<'PYEOF'

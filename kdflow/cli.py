@@ -38,6 +38,11 @@ def _where_options(command):
         command = option(command)
     return command
 
+def _promote_option(command):
+    return click.option("--auto-promote", is_flag=True,
+                        help="Make the registered student the registry's champion when it passes the gate against the "
+                             "current champion (else it keeps registry.alias and waits for `kdflow promote`).")(command)
+
 
 def _local_inputs(base, data, teacher, workdir, cache_uri, tracking_uri):
     """The run's inputs resolved under the work folder (defaults said on stderr): (config, workdir)."""
@@ -77,7 +82,8 @@ def _run_locally(run_pipeline, workdir: Path, cfg, arguments: dict) -> str:
 @click.option("--skip-unchanged", is_flag=True,
               help="Stop after preprocessing when the data, teacher and config equal those of the registry's "
                    "champion, or of the unpromoted student holding registry.alias (what scheduled runs do).")
-def run(data, teacher, config_path, workdir, cache_uri, tracking_uri, skip_unchanged) -> None:
+@_promote_option
+def run(data, teacher, config_path, workdir, cache_uri, tracking_uri, skip_unchanged, auto_promote) -> None:
     """Run the whole pipeline locally (kfp.local) and print a summary.
 
     Exit status: 0 registered (or nothing changed, with --skip-unchanged), 3 ran but the gate refused
@@ -90,7 +96,8 @@ def run(data, teacher, config_path, workdir, cache_uri, tracking_uri, skip_uncha
 
     base = load_config(config_path, embedded=not data)
     cfg, workdir = _local_inputs(base, data, teacher, workdir, cache_uri, tracking_uri)
-    run_id = _run_locally(run_local, workdir, cfg, {"config": cfg.to_yaml(), "skip_unchanged": skip_unchanged})
+    run_id = _run_locally(run_local, workdir, cfg, {"config": cfg.to_yaml(), "skip_unchanged": skip_unchanged,
+                                                    "auto_promote": auto_promote})
     if run_id.startswith(UNCHANGED_PREFIX):
         click.echo(f"kdflow: nothing trained, {run_id[len(UNCHANGED_PREFIX):]}")
         return
@@ -112,7 +119,8 @@ def run(data, teacher, config_path, workdir, cache_uri, tracking_uri, skip_uncha
                    "trained first.")
 @_where_options
 @click.option("--dry-run", is_flag=True, help="Print the expanded trials and exit, without running anything.")
-def sweep(sweep_path, data, teacher, workdir, cache_uri, tracking_uri, dry_run) -> None:
+@_promote_option
+def sweep(sweep_path, data, teacher, workdir, cache_uri, tracking_uri, dry_run, auto_promote) -> None:
     """Try many students against one teacher run (kfp.local); register the best on validation.
 
     The teacher labels once; every trial distils from the same cached soft labels as a child MLflow
@@ -142,7 +150,7 @@ def sweep(sweep_path, data, teacher, workdir, cache_uri, tracking_uri, dry_run) 
     cfg, workdir = _local_inputs(base, data, teacher, workdir, cache_uri, tracking_uri)
     plan = expand(spec, cfg)
     run_id = _run_locally(run_sweep_local, workdir, cfg, {"config": plan.labelling_config().to_yaml(),
-                                                          "trials": plan.to_json()})
+                                                          "trials": plan.to_json(), "auto_promote": auto_promote})
     click.echo("\n".join(read_sweep(run_id, cfg.tracking_uri).lines()))
     summary = read_summary(run_id, cfg.tracking_uri)
     click.echo("\n".join(["kdflow run summary of the winner"] + summary.lines()[1:]))
@@ -278,6 +286,8 @@ def bench_quality(data, teacher, profile, seeds, rows, workdir, output) -> None:
 
 from kdflow import cli_cluster  # noqa: E402  (submit, schedule: they import kfp only when they run)
 cli_cluster.register(main)
+from kdflow import cli_registry  # noqa: E402  (promote, rollback, registry)
+cli_registry.register(main)
 
 
 def entrypoint() -> None:

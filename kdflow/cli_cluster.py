@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from kdflow.config import Config
 
 SKIP_PARAMETER = "skip_unchanged"
+PROMOTE_PARAMETER = "auto_promote"
 DEFAULT_EXPERIMENT = "Default"  # KFP's own default experiment
 IMAGE_PREFIX_ENV = "KDFLOW_IMAGE_PREFIX"
 _S3 = re.compile(r"s3://[^/\s]+(/\S*)?")
@@ -121,15 +122,17 @@ def cluster_config(config_path: str | None, data: str | None, teacher: str | Non
     return cfg
 
 
-def run_parameters(cfg: Config, declared: dict, skip_unchanged: bool) -> dict:
-    """The run's pipeline parameters. ``skip_unchanged`` is passed only when the compiled pipeline
-    declares it (older pipelines do not; a scheduled run of one retrains every time, said on stderr)."""
+def run_parameters(cfg: Config, declared: dict, skip_unchanged: bool, auto_promote: bool = False) -> dict:
+    """The run's pipeline parameters. ``skip_unchanged`` and ``auto_promote`` are passed only when the
+    compiled pipeline declares them (older pipelines do not: said on stderr)."""
     parameters = {"data_uri": cfg.data_uri, "teacher_uri": cfg.teacher_uri, "config": cfg.to_yaml(),
                   "cache_uri": cfg.cache_uri, "tracking_uri": cfg.tracking_uri or ""}
-    if SKIP_PARAMETER in declared:
-        parameters[SKIP_PARAMETER] = skip_unchanged
-    elif skip_unchanged:
-        click.echo(f"warning: this pipeline has no {SKIP_PARAMETER} parameter: every run retrains", err=True)
+    for name, value, otherwise in ((SKIP_PARAMETER, skip_unchanged, "every run retrains"),
+                                   (PROMOTE_PARAMETER, auto_promote, "nothing is promoted automatically")):
+        if name in declared:
+            parameters[name] = value
+        elif value:
+            click.echo(f"warning: this pipeline has no {name} parameter: {otherwise}", err=True)
     return parameters
 
 
@@ -182,6 +185,9 @@ _pipeline_options = _options(
                  help="Create the run with KFP's step caching disabled: after clearing the soft-label cache in "
                       "object storage, so KFP does not reuse teacher-inference outputs that point at it. "
                       "Default: the compiled caching options."),
+    click.option("--auto-promote", is_flag=True,
+                 help="Make a registered student the registry's champion when it passes the gate against the "
+                      "current champion (pipeline parameter auto_promote). Default: it waits for `kdflow promote`."),
 )
 
 
@@ -215,6 +221,7 @@ class Target:
     pipeline_name: str | None
     experiment: str
     no_cache: bool
+    auto_promote: bool
 
     @classmethod
     def of(cls, options: dict[str, Any]) -> "Target":
@@ -250,7 +257,7 @@ def _deploy(t: Target, skip_unchanged: bool, note: str) -> _Deployment:
         spec = str(Path(tmp) / "pipeline.yaml")
         compile_pipeline(spec, "distill", platform_file=t.platform_file, image_prefix=image_prefix)
         remote.prepare_spec(spec, image_prefix, no_cache=t.no_cache)
-        parameters = run_parameters(cfg, remote.declared_parameters(spec), skip_unchanged)
+        parameters = run_parameters(cfg, remote.declared_parameters(spec), skip_unchanged, t.auto_promote)
         client = remote.connect(t.host, auth, t.namespace)
         published = remote.publish(client, t.host, spec, pipeline_name, note)
     click.echo(f"{'uploaded new pipeline' if published.new_pipeline else 'uploaded a new version of'} "

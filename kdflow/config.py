@@ -194,27 +194,95 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
-class GateConfig:
-    """The ship/no-ship decision on the test split (accuracies as fractions in [0, 1])."""
+class EvaluateConfig:
+    """How the test split is measured (accuracies as fractions in [0, 1]).
 
-    min_accuracy: float = 0.0  # absolute floor for the student's top-1
-    max_drop: float = 0.03  # largest allowed teacher top-1 minus student top-1
+    Confidence intervals are percentile bootstraps over test samples. Cost is measured on the CPU of
+    the evaluation step, student and teacher interleaved on the same machine, so their ratio is fair
+    even when the absolute times are not those of the serving hardware.
+    """
+
+    bootstrap: int = 1000  # bootstrap resamples for every confidence interval (0: no intervals)
+    confidence: float = 0.95  # of the intervals
+    seed: int = 0  # seeds the bootstrap resampling
+    ece_bins: int = 15  # equal-width confidence bins of the calibration error and reliability diagram
+    latency_runs: int = 50  # timed batch-1 forward passes per model (after a warm-up)
+    throughput_batch: int = 64  # batch size of the throughput measurement
+    cpu_threads: int = 0  # torch CPU threads while timing (0: torch's default for the machine)
+    privacy_samples: int = 2000  # at most this many training members, and as many held-out samples
+    export: tuple[str, ...] = ("torchscript", "onnx")  # serving formats exported and verified
+    # Largest |exported - PyTorch| logit difference on test images, relative to the largest |logit|
+    # (absolute when logits are under 1): exporters reorder float32 sums; a real mistake is O(1).
+    export_tolerance: float = 1e-3
 
     def __post_init__(self) -> None:
-        _check(0 <= self.min_accuracy <= 1, "gate.min_accuracy", f"is {self.min_accuracy}",
-               "use a fraction in [0, 1] (0.9 means 90%)")
-        _check(0 <= self.max_drop <= 1, "gate.max_drop", f"is {self.max_drop}",
-               "use a fraction in [0, 1] (0.03 means 3 points)")
+        _check(self.bootstrap == 0 or self.bootstrap >= 100, "evaluate.bootstrap", f"is {self.bootstrap}",
+               "use 0 (no intervals) or at least 100 resamples (1000 is a good default)")
+        _check(0.5 <= self.confidence < 1, "evaluate.confidence", f"is {self.confidence}", "use e.g. 0.95")
+        _check(1 <= self.ece_bins <= 100, "evaluate.ece_bins", f"is {self.ece_bins}", "use 1..100 (15 is usual)")
+        _check(self.latency_runs >= 5, "evaluate.latency_runs", f"is {self.latency_runs}",
+               "use at least 5 (a p95 needs a few runs; 50 is a good default)")
+        _check(self.throughput_batch >= 1, "evaluate.throughput_batch", f"is {self.throughput_batch}",
+               "use a positive batch size")
+        _check(self.cpu_threads >= 0, "evaluate.cpu_threads", f"is {self.cpu_threads}", "use 0 (default) or more")
+        _check(self.privacy_samples >= 10, "evaluate.privacy_samples", f"is {self.privacy_samples}",
+               "use at least 10")
+        unknown = sorted(set(self.export) - {"torchscript", "onnx"})
+        _check(not unknown, "evaluate.export", f"names unknown format(s) {unknown}",
+               "use a list of torchscript and onnx (or [] for no export)")
+        _check(self.export_tolerance > 0, "evaluate.export_tolerance", f"is {self.export_tolerance}",
+               "use a positive relative tolerance on logits, e.g. 0.001")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The ship/no-ship decision on the test split (accuracies as fractions in [0, 1]; null: no limit).
+
+    Absolute checks decide whether the student is registered. The champion check decides whether it
+    may replace the registry's ``champion`` (automatically with auto-promote, or by ``kdflow promote``).
+    """
+
+    min_accuracy: float = 0.0  # floor for the student's top-1
+    min_agreement: float = 0.0  # floor for the fraction of test images where student and teacher agree
+    # Floor for the teacher's top-1, checked at teacher inference before anything is cached: a teacher
+    # fed the wrong normalisation or class order stops the run there, not after a student learnt from it.
+    min_teacher_accuracy: float = 0.5
+    max_drop: float = 0.03  # largest allowed teacher top-1 minus student top-1
+    max_latency_ms: float | None = None  # largest student CPU latency at batch 1 (p95, milliseconds)
+    max_size_mb: float | None = None  # largest student size on disk (MB, 10^6 bytes)
+    max_mia_auc: float | None = None  # largest membership-inference attack AUC (0.5 = no leak)
+    # The student may not be worse than the champion by more than this on the same test images,
+    # beyond chance: it fails only when the whole confidence interval of (student - champion) top-1
+    # lies below -champion_tolerance.
+    champion_tolerance: float = 0.0
+    # Compare with a champion whose dataset fingerprint differs from this run's (on the test images
+    # both were evaluated on). Off: such a champion is not compared, and the verdict says so.
+    compare_other_data: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("min_accuracy", "min_agreement", "min_teacher_accuracy", "max_drop", "champion_tolerance"):
+            v = getattr(self, name)
+            _check(0 <= v <= 1, f"gate.{name}", f"is {v}", "use a fraction in [0, 1] (0.9 means 90%)")
+        if self.max_mia_auc is not None:
+            _check(0.5 <= self.max_mia_auc <= 1, "gate.max_mia_auc", f"is {self.max_mia_auc}",
+                   "use an AUC in [0.5, 1] (0.5 is a random guess; 0.6 is a common cap)")
+        for name in ("max_latency_ms", "max_size_mb"):
+            v = getattr(self, name)
+            _check(v is None or v > 0, f"gate.{name}", f"is {v}", "use a positive number, or null for no limit")
 
 
 @dataclass(frozen=True)
 class RegistryConfig:
     model_name: str = "kdflow-student"  # MLflow registered model name
-    alias: str = "challenger"  # alias a passing student receives
+    alias: str = "challenger"  # alias a passing student receives (champion moves only by promotion)
     experiment: str = "kdflow"  # MLflow experiment of the runs
 
     def __post_init__(self) -> None:
         _check(bool(self.model_name.strip()), "registry.model_name", "is empty", "name the model")
+        # champion moves only through promotion, which checks the gate against it and keeps its history.
+        _check(self.alias != "champion", "registry.alias", "is 'champion'",
+               "keep a registration alias such as 'challenger' and pass --auto-promote (pipeline parameter "
+               "auto_promote) to promote a student that passes the gate against the champion")
 
 
 @dataclass(frozen=True)
@@ -231,6 +299,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
 

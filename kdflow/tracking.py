@@ -40,11 +40,16 @@ class Tag:
     TEACHER_MODE = "kdflow.teacher_mode"  # offline (cached soft labels) or online
     VIEWS = "kdflow.softlabel_views"  # augmented views replayed (0: the plain view)
     GATE_PASSED = "kdflow.gate_passed"
-    GATE = "kdflow.gate"
+    GATE = "kdflow.gate"  # the verdict in words
+    GATE_CHECK_PREFIX = "kdflow.gate."  # + check name: "pass|FAIL name = value (limit): why"
+    PROMOTABLE = "kdflow.promotable"  # "true": passed the absolute checks and the champion check
+    CHAMPION_CHECK = "kdflow.champion_check"  # the champion check at evaluation, in words
     RUN_ID = "kdflow.run_id"
     REGISTERED_MODEL = "kdflow.registered_model"
     REGISTERED_VERSION = "kdflow.registered_version"
 
+    # The verdict, copied from the run onto the model version (with every GATE_CHECK_PREFIX tag).
+    VERDICT = (GATE_PASSED, GATE, PROMOTABLE, CHAMPION_CHECK)
     # Copied from the run onto the model version, so the registry alone says where a model came from.
     LINEAGE = (DATASET_FINGERPRINT, TEACHER_DIGEST, TEACHER_INPUT_DIGEST, CONFIG_HASH, CACHE_KEY, PIPELINE_RUN,
                METHOD, CODE_VERSION)

@@ -35,11 +35,12 @@ def make_distill_pipeline(platform: Platform | None = None):
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Distil a teacher into a student; gate and register it.")
     def distill_pipeline(data_uri: str, teacher_uri: str, config: str, cache_uri: str, tracking_uri: str = "",
-                         skip_unchanged: bool = False) -> str:
+                         skip_unchanged: bool = False, auto_promote: bool = False) -> str:
         """Returns the MLflow run id of the student, or, when ``skip_unchanged`` is set and the data,
         teacher and config equal the registry champion's, "unchanged: <why>" (nothing trained).
         ``config`` is the resolved kdflow config as YAML; an empty ``tracking_uri`` means the steps'
-        MLFLOW_TRACKING_URI environment variable."""
+        MLFLOW_TRACKING_URI environment variable. ``auto_promote``: a registered student becomes the
+        registry's champion when the gate against the current champion passes."""
         inputs = cpu(fingerprint_inputs(data_uri=data_uri, teacher_uri=teacher_uri, config=config,
                                         tracking_uri=tracking_uri), cache=False).set_display_name("fingerprint-inputs")
         teacher_digest = inputs.outputs["teacher_digest"]
@@ -66,7 +67,8 @@ def make_distill_pipeline(platform: Platform | None = None):
                                 run_id=train.outputs["run_id"]), cache=False).set_display_name("evaluation")
             with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
                 cpu(register(run_id=train.outputs["run_id"], model_uri=train.outputs["model_uri"], config=config,
-                             tracking_uri=tracking_uri), cache=False).set_display_name("registration")
+                             tracking_uri=tracking_uri, auto_promote=auto_promote),
+                    cache=False).set_display_name("registration")
         with dsl.Else(name="inputs-unchanged"):
             stop = cpu(stop_unchanged(reason=check.outputs["reason"]), cache=False).set_display_name("stop-unchanged")
         return dsl.OneOf(train.outputs["run_id"], stop.output)

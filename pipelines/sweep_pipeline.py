@@ -39,11 +39,12 @@ def make_sweep_pipeline(parallelism: int = CLUSTER_PARALLELISM, platform: Platfo
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Distil many students from one teacher run; register the best.")
     def sweep_pipeline(data_uri: str, teacher_uri: str, config: str, trials: str, cache_uri: str,
-                       tracking_uri: str = "", sweep_id: str = ""):
+                       tracking_uri: str = "", sweep_id: str = "", auto_promote: bool = False):
         """``config`` is the labelling config (the trial config the teacher labels with) as YAML;
         ``trials`` is the sweep plan as JSON (kdflow sweep writes both); an empty ``tracking_uri`` means
         the steps' MLFLOW_TRACKING_URI. ``sweep_id`` tags the MLflow parent run (empty: the pipeline
-        run's name); the winner is its tag kdflow.sweep.best_run_id. Nothing is returned: KFP takes
+        run's name); the winner is its tag kdflow.sweep.best_run_id. ``auto_promote``: the registered
+        winner becomes champion when it passes the gate against the current champion. Nothing is returned: KFP takes
         pipeline outputs only from outside the exit handler, and everything runs inside it."""
         # (The trials take no teacher digest: inside a loop kfp.local replaces other tasks' parameter
         # outputs with the loop item, see below; the labelling teacher's digest is tagged instead.)
@@ -88,7 +89,8 @@ def make_sweep_pipeline(parallelism: int = CLUSTER_PARALLELISM, platform: Platfo
                                  run_id=pick.outputs["run_id"])).set_display_name("evaluation")
             with dsl.If(check.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
                 cpu(register(run_id=pick.outputs["run_id"], model_uri=pick.outputs["model_uri"],
-                             config=pick.outputs["config"], tracking_uri=tracking_uri)).set_display_name("registration")
+                             config=pick.outputs["config"], tracking_uri=tracking_uri, auto_promote=auto_promote)
+                    ).set_display_name("registration")
 
     return sweep_pipeline
 

@@ -22,6 +22,7 @@ train: {epochs: 8, batch_size: 16, lr: 0.05, seed: 0}
 distill: {method: kd, options: {temperature: 4.0, alpha: 0.9}}
 gate: {min_accuracy: 0.0, max_drop: 1.0}
 registry: {model_name: tiny-student, experiment: tiny}
+evaluate: {export: [], latency_runs: 5, throughput_batch: 8, bootstrap: 200}  # the full set: test_evaluation_flow
 """
 
 

@@ -1,38 +1,111 @@
-"""Step 4: test-split accuracy of student and teacher, agreement, cost, and the gate."""
+"""Step 4: measure the student on the test split (accuracy with intervals, calibration, cost against
+the teacher, membership inference, exports), decide the gate, and log it all to the MLflow run.
+
+The teacher's test predictions come from the soft-label cache (its top-1 is stored exactly); the
+teacher model is loaded only to measure its cost beside the student's.
+"""
 
 from __future__ import annotations
 
+import logging
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kdflow.config import Config
-from kdflow.logs import setup_logging
-from kdflow.data.shards import DatasetManifest
+from kdflow.data.shards import DatasetManifest, SplitArrays
 from kdflow.errors import DataError
-from kdflow.evaluation import compare, model_cost
-from kdflow.gate import decide
-from kdflow.models.loading import load_checkpoint
+from kdflow.evaluation import suite
+from kdflow.evaluation.record import Predictions
+from kdflow.gate import Verdict, absolute_checks, champion_check
+from kdflow.logs import setup_logging
+from kdflow.models.loading import TeacherSource, load_checkpoint
 from kdflow.softlabels.cache import SoftLabelCache
 from kdflow.softlabels.ref import SoftLabelRef
 from kdflow.steps.distill import STUDENT_FILE
-from kdflow.training.batches import ArrayBatches
+from kdflow.training.batches import ArrayBatches, to_float_images
 from kdflow.training.device import resolve_device
-from kdflow.tracking import Tag
 from kdflow.training.trainer import predict
+
+log = logging.getLogger(__name__)
+
+REPORT_ARTIFACT = "evaluation/report.html"
+REPORT_HTML = "report_html"  # the returned report's key for the HTML text
+EXPORT_DIR = "export"  # run artifact folder of the serving exports
+EXPORT_CHECK_IMAGES = 64  # test images each export is checked on
+
+
+def _sample(split: SplitArrays, n: int, seed: int) -> SplitArrays:
+    """``n`` rows of ``split`` drawn without replacement (all of it when it has no more)."""
+    if len(split) <= n:
+        return split
+    rows = np.sort(np.random.default_rng(seed).choice(len(split), n, replace=False))
+    return SplitArrays(split.images[rows], split.labels[rows], split.ids[rows])
+
+
+def _champion(cfg: Config, tracking_uri: str | None):
+    """(label, Predictions or None) of the registry's champion; (None, None) when there is none."""
+    from mlflow import MlflowClient
+
+    from kdflow import tracking
+    from kdflow.steps.champion import CHAMPION, _by_alias
+
+    uri = tracking.use_tracking(tracking_uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = _by_alias(client, cfg.registry.model_name, CHAMPION)
+    if version is None:
+        return None, None
+    return f"{cfg.registry.model_name} version {version.version} (@{CHAMPION})", Predictions.of_run(client,
+                                                                                                    version.run_id)
+
+
+def measure(cfg: Config, dataset: DatasetManifest, ref: SoftLabelRef, student: torch.nn.Module,
+            teacher: torch.nn.Module | None, export_dir: Path) -> tuple[dict, Predictions]:
+    """All measurements of ``student`` (see evaluation/suite.py) and its per-sample test predictions."""
+    ev, device = cfg.evaluate, resolve_device(cfg.train.device)
+    test = dataset.load_split("test")
+    labels = torch.from_numpy(test.labels).long()
+    soft = SoftLabelCache(ref.cache_uri).load_split(ref.cache_key, "test", test.ids)
+    order = soft.values[:, 0].argsort(-1, descending=True)  # [N, k]: the cached classes, best first
+    teacher_topk = soft.index[:, 0].gather(-1, order).long()
+    student = student.to(device).eval()
+    logits = predict(student, ArrayBatches(test, cfg.teacher.batch_size, device))  # [N, C] on the CPU
+
+    report = {"confidence": ev.confidence,
+              "accuracy": suite.accuracy_section(logits, teacher_topk[:, 0], teacher_topk, labels,
+                                                 dataset.class_names, ev),
+              "calibration": suite.calibration_section(logits, labels, ev)}
+    # Privacy: as many training members as held-out test images (the attack's prior is then 1/2).
+    n = min(ev.privacy_samples, dataset.count("train"), len(test))
+    if n >= 2:
+        members = _sample(dataset.load_split("train"), n, ev.seed)
+        held_out = _sample(test, n, ev.seed + 1)
+        rows = np.flatnonzero(np.isin(test.ids, held_out.ids))
+        report["privacy"] = suite.privacy_section(
+            predict(student, ArrayBatches(members, cfg.teacher.batch_size, device)),
+            torch.from_numpy(members.labels).long(), logits[rows], labels[rows], ev)
+    shape = (3, dataset.image_size, dataset.image_size)
+    student_cpu = student.cpu()
+    report["cost"] = suite.cost_section(student_cpu, teacher, shape, ev)
+    check_images = to_float_images(torch.from_numpy(test.images[:EXPORT_CHECK_IMAGES]))
+    report["exports"] = suite.export_section(student_cpu, check_images, export_dir, ev)
+    preds = Predictions(test.ids, test.labels.astype(np.int64), logits.argmax(-1).numpy().astype(np.int64),
+                        dataset.fingerprint, tuple(dataset.class_names))
+    return report, preds
 
 
 def run_evaluation(
     dataset_dir: str, softlabels_dir: str, model_dir: str, config_yaml: str, tracking_uri: str | None, run_id: str
 ) -> dict:
-    """Evaluate on the test split; log to the MLflow run ``run_id``; return metrics and the decision.
-
-    The teacher's predictions come from the cache (its top-1 is always stored exactly), so the
-    teacher is not run again.
-    """
+    """Evaluate on the test split; log to the MLflow run ``run_id``; return the report (with
+    "passed", "promotable" and "gate" = the verdict in words)."""
     import mlflow
 
     from kdflow import tracking
+    from kdflow.evaluation.plots import confusion_matrix_png, reliability_png
+    from kdflow.evaluation.report import render_html
 
     setup_logging()
     cfg = Config.from_yaml(config_yaml)
@@ -41,21 +114,40 @@ def run_evaluation(
         raise DataError("the dataset has an empty test split", "set data.test_fraction > 0 or add a test/ folder")
     ref = SoftLabelRef.load(softlabels_dir)
     student, _ = load_checkpoint((Path(model_dir) / STUDENT_FILE).read_bytes())
-    test = dataset.load_split("test")
-    teacher_pred = SoftLabelCache(ref.cache_uri).load_split(ref.cache_key, "test", test.ids).top1()
-    device = resolve_device(cfg.train.device)
-    student_pred = predict(student.to(device), ArrayBatches(test, cfg.teacher.batch_size, device)).argmax(-1)
+    source = TeacherSource(ref.teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std).reach(tracking_uri)
+    teacher = source.load(dataset.mean, dataset.std).cpu().eval()
 
-    report = compare(student_pred, teacher_pred, torch.from_numpy(test.labels), dataset.class_names)
-    report.update(model_cost(student))
-    decision = decide(report["student_accuracy"], report["teacher_accuracy"], cfg.gate)
-    report.update({"passed": decision.passed, "gate": decision.summary})
+    with tempfile.TemporaryDirectory() as tmp:
+        export_dir = Path(tmp) / EXPORT_DIR
+        report, preds = measure(cfg, dataset, ref, student, teacher, export_dir)
+        label, champion = _champion(cfg, tracking_uri)
+        verdict = Verdict(absolute_checks(suite.gate_inputs(report), cfg.gate),
+                          champion_check(preds, champion, label, cfg.gate, cfg.evaluate))
+        report["gate"] = verdict.to_dict()
+        log.info("gate: %s", verdict.summary)
+        for check in (*verdict.checks, verdict.champion):
+            log.info("  %s", check.line())
 
-    tracking.use_tracking(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"test_{k}": float(report[k]) for k in
-                            ("student_accuracy", "teacher_accuracy", "agreement")})
-        mlflow.log_metrics({k: float(report[k]) for k in ("student_parameters", "student_size_bytes")})
-        mlflow.log_dict(report, "evaluation.json")
-        tracking.set_tags({Tag.GATE_PASSED: str(decision.passed).lower(), Tag.GATE: decision.summary})
+        images = {"confusion_matrix.png": confusion_matrix_png(np.array(report["accuracy"]["confusion_matrix"]),
+                                                               dataset.class_names),
+                  "reliability_diagram.png": reliability_png(report["calibration"]["bins"],
+                                                            report["calibration"]["ece"])}
+        tracking.use_tracking(tracking_uri)
+        with mlflow.start_run(run_id=run_id):
+            metrics = {**suite.flat_metrics(report), **verdict.metrics()}
+            mlflow.log_metrics(metrics)
+            mlflow.log_dict(report, "evaluation/evaluation.json")
+            for name, png in images.items():
+                (Path(tmp) / name).write_bytes(png)
+                mlflow.log_artifact(str(Path(tmp) / name), "evaluation")
+            page = render_html(report, f"kdflow evaluation of run {run_id}", images)
+            mlflow.log_text(page, REPORT_ARTIFACT)
+            preds.log()
+            if report["exports"]:
+                mlflow.log_artifacts(str(export_dir), EXPORT_DIR)
+                mlflow.log_dict({"exports": report["exports"]}, f"{EXPORT_DIR}/verification.json")
+            tracking.set_tags(verdict.tags())
+    report.update({"passed": verdict.passed, "promotable": verdict.promotable, "gate": verdict.summary,
+                   "verdict": verdict.to_dict(), "metrics": metrics, "class_names": dataset.class_names,
+                   "images": images, REPORT_HTML: page})
     return report

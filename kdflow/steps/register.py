@@ -12,8 +12,14 @@ from kdflow.errors import KdflowError
 log = logging.getLogger(__name__)
 
 
-def run_registration(run_id: str, model_uri: str, config_yaml: str, tracking_uri: str | None) -> dict:
-    """Register ``model_uri`` only if the run's gate passed; refuse otherwise (no version is made)."""
+def run_registration(run_id: str, model_uri: str, config_yaml: str, tracking_uri: str | None,
+                     auto_promote: bool = False) -> dict:
+    """Register ``model_uri`` only if the run's gate passed; refuse otherwise (no version is made).
+
+    The version gets the run's lineage and verdict tags and the ``registry.alias``. With
+    ``auto_promote`` it also becomes ``champion`` when the gate against the current champion, checked
+    again now, passes (``kdflow promote`` without --force); otherwise the reason is recorded on it.
+    """
     import mlflow
     from mlflow import MlflowClient
 
@@ -31,14 +37,23 @@ def run_registration(run_id: str, model_uri: str, config_yaml: str, tracking_uri
         )
     version = _registered_from(client, cfg.registry.model_name, run_id)
     if version is None:
-        tags = {k: run.data.tags[k] for k in Tag.LINEAGE if k in run.data.tags}
+        tags = {k: v for k, v in run.data.tags.items() if k in Tag.LINEAGE or k in Tag.VERDICT
+                or k.startswith(Tag.GATE_CHECK_PREFIX)}
         tags[Tag.RUN_ID] = run_id
         version = mlflow.register_model(model_uri, cfg.registry.model_name, tags=tags)
     client.set_registered_model_alias(cfg.registry.model_name, cfg.registry.alias, version.version)
     with mlflow.start_run(run_id=run_id):
         tracking.set_tags({Tag.REGISTERED_MODEL: cfg.registry.model_name,
                            Tag.REGISTERED_VERSION: version.version})
-    return {"name": cfg.registry.model_name, "version": str(version.version), "alias": cfg.registry.alias}
+    result = {"name": cfg.registry.model_name, "version": str(version.version), "alias": cfg.registry.alias,
+              "promoted": False}
+    if auto_promote:
+        from kdflow.registry.promotion import promote
+
+        outcome = promote(cfg.registry.model_name, str(version.version), tracking_uri, action="auto")
+        log.info("auto-promote: %s", outcome.message)
+        result["promoted"] = outcome.promoted
+    return result
 
 
 def _registered_from(client, name: str, run_id: str):

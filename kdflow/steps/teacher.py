@@ -11,6 +11,7 @@ from kdflow.config import Config
 from kdflow.logs import setup_logging
 from kdflow.data.shards import DatasetManifest
 from kdflow.errors import KdflowError
+from kdflow.evaluation.teacher_floor import teacher_floor_error
 from kdflow.models.loading import TeacherSource
 from kdflow.softlabels import views
 from kdflow.softlabels.cache import EntrySpec, SoftLabelCache
@@ -38,6 +39,18 @@ def check_teacher(teacher: torch.nn.Module, dataset: DatasetManifest, device: to
         )
 
 
+def _check_floor(pred: np.ndarray, test, dataset: DatasetManifest, cfg: Config) -> None:
+    error = teacher_floor_error(pred, test.labels, dataset.class_names, cfg.gate.min_teacher_accuracy)
+    if error is not None:
+        if any(abs(v) > 1 for v in (*(cfg.teacher.mean or ()), *(cfg.teacher.std or ()))):
+            raise KdflowError(error.problem, f"teacher.mean/std {list(cfg.teacher.mean)}/{list(cfg.teacher.std)} look "
+                              "like 0-255 units, but kdflow feeds the teacher pixels in [0, 1]: divide them by 255. "
+                              f"Otherwise: {error.fix}")
+        raise error
+    log.info("teacher top-1 on the test split: %.4f (floor gate.min_teacher_accuracy=%s)",
+             float((pred == test.labels).mean()), cfg.gate.min_teacher_accuracy)
+
+
 def run_teacher_inference(
     dataset_dir: str, teacher_uri: str, config_yaml: str, cache_uri: str, out_dir: str, expected_digest: str = "",
     tracking_uri: str | None = None,
@@ -63,8 +76,11 @@ def run_teacher_inference(
     spec = EntrySpec(digest, dataset, cfg.teacher.top_k, tuple(views.plan(cfg.augment, cfg.cached_views())))
     cache = SoftLabelCache(cache_uri)
     n_views = len(spec.views) - 1
+    test = dataset.load_split("test") if dataset.count("test") else None
     if cache.lookup(spec.key) is not None:
         log.info("soft-label cache hit %s: the teacher is not run", spec.key[:12])
+        if test is not None:  # the floor may have been raised since the entry was written
+            _check_floor(cache.load_split(spec.key, "test", test.ids).top1().numpy(), test, dataset, cfg)
         ref = SoftLabelRef(cache_uri, spec.key, True, digest, teacher_uri, n_views)
         ref.save(out_dir)
         return ref
@@ -72,6 +88,12 @@ def run_teacher_inference(
     device = resolve_device(cfg.train.device)
     teacher = source.load(dataset.mean, dataset.std).to(device)
     check_teacher(teacher, dataset, device)
+    if test is not None:  # before anything is cached: a mis-loaded teacher leaves no entry behind
+        step = 8 * cfg.teacher.batch_size  # a few batches on the device at a time, not the whole split
+        pred = np.concatenate([
+            predict_images(teacher, torch.from_numpy(test.images[i:i + step]).to(device),
+                           cfg.teacher.batch_size).argmax(-1).cpu().numpy() for i in range(0, len(test), step)])
+        _check_floor(pred, test, dataset, cfg)
     k = cfg.teacher.top_k
 
     def infer(images_u8: np.ndarray, params: np.ndarray | None) -> dict[str, np.ndarray]:

@@ -26,7 +26,7 @@ def test_run_twice_hits_the_cache(tmp_path, tiny_data, tiny_teacher, tiny_config
     assert first.returncode == 0, first.stderr[-3000:]
     s1 = _summary(first.stdout)
     assert s1["soft-label cache"].endswith("(miss: teacher ran)")
-    assert s1["registered"] == "tiny-student version 1"
+    assert s1["registered"] == "tiny-student version 1 @challenger"
     assert re.fullmatch(r"[0-9a-f]{64}", s1["dataset fingerprint"])
     assert (tmp_path / "work" / "mlflow.db").is_file() and (tmp_path / "work" / "cache" / "softlabels").is_dir()
 
@@ -34,7 +34,7 @@ def test_run_twice_hits_the_cache(tmp_path, tiny_data, tiny_teacher, tiny_config
     assert second.returncode == 0, second.stderr[-3000:]
     s2 = _summary(second.stdout)
     assert s2["soft-label cache"] == s1["soft-label cache"].replace("miss: teacher ran", "hit: teacher not run")
-    assert s2["registered"] == "tiny-student version 2"
+    assert s2["registered"] == "tiny-student version 2 @challenger"
     assert "soft-label cache hit" in second.stdout + second.stderr
 
 
@@ -46,7 +46,7 @@ def test_gate_failure_exits_3_and_bad_input_exits_2(tmp_path, tiny_data, tiny_te
     failed = kdflow("run", "--data", str(tiny_data), "--teacher", tiny_teacher, "--config", str(cfg),
                     "--workdir", str(tmp_path / "work"), cwd=tmp_path)
     assert failed.returncode == 3, failed.stderr[-3000:]
-    assert _summary(failed.stdout)["registered"].startswith("not registered (failed: student top-1")
+    assert _summary(failed.stdout)["registered"].startswith("not registered (failed: FAIL min_accuracy")
 
     missing = kdflow("run", "--data", str(tmp_path / "nope"), "--workdir", str(tmp_path / "work"), cwd=tmp_path)
     assert missing.returncode == 2
@@ -59,8 +59,8 @@ def test_embedded_default_on_digits(tmp_path):
     done = kdflow("run", cwd=tmp_path, env={"KDFLOW_HOME": str(tmp_path / "home")})
     assert done.returncode == 0, done.stderr[-3000:]
     s = _summary(done.stdout)
-    teacher, student = (float(s[k].rstrip("%")) for k in ("teacher top-1 (test)", "student top-1 (test)"))
+    teacher, student = (float(s[k].split("%")[0]) for k in ("teacher top-1 (test)", "student top-1 (test)"))
     assert teacher - student <= 3.0 and student > 90.0
-    assert s["registered"] == "kdflow-digits-student version 1"
+    assert s["registered"] == "kdflow-digits-student version 1 @challenger"
     assert len(list((tmp_path / "home" / "data" / "digits").rglob("*.png"))) == 1797
     assert "teacher: bootstrapped convnet_m (trained now)" in done.stderr

@@ -125,6 +125,6 @@ def test_failed_gate_registers_nothing_and_says_why(tmp_path, tiny_data, tiny_te
     args = _arguments(config, tiny_data, tiny_teacher, f"s3://{s3_bucket}/c", mlflow_server)
     summary = read_summary(run_local(str(tmp_path / "root"), args), mlflow_server)
     assert not summary.gate_passed and summary.registered_version is None
-    assert summary.gate.startswith("failed: student top-1")
+    assert summary.gate.startswith("failed: FAIL min_accuracy")
     assert "not registered (failed:" in "\n".join(summary.lines())
     assert MlflowClient(mlflow_server, registry_uri=mlflow_server).search_model_versions("name='never-registered'") == []

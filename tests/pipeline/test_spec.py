@@ -82,9 +82,10 @@ def test_few_primitive_pipeline_parameters(spec):
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert {k: v["parameterType"] for k, v in params.items()} == {
         "data_uri": "STRING", "teacher_uri": "STRING", "config": "STRING", "cache_uri": "STRING",
-        "tracking_uri": "STRING", "skip_unchanged": "BOOLEAN"}
+        "tracking_uri": "STRING", "skip_unchanged": "BOOLEAN", "auto_promote": "BOOLEAN"}
     assert params["tracking_uri"]["defaultValue"] == ""
     assert params["skip_unchanged"]["defaultValue"] is False
+    assert params["auto_promote"]["defaultValue"] is False  # promotion is asked for, never implied
 
 
 def test_compile_reads_no_environment(tmp_path):

@@ -61,8 +61,9 @@ class Compiles:
             if self.declare_skip:
                 params.setdefault("skip_unchanged",
                                   {"defaultValue": False, "isOptional": True, "parameterType": "BOOLEAN"})
-            else:
+            else:  # a pipeline from before skip_unchanged, and so before auto_promote
                 params.pop("skip_unchanged", None)
+                params.pop("auto_promote", None)
             self._specs[key] = yaml.safe_dump_all(docs, sort_keys=False)
         with open(path, "w") as f:
             f.write(self._specs[key])
@@ -200,6 +201,18 @@ def test_skip_unchanged_is_passed_only_when_the_pipeline_declares_it(cluster, co
     [job] = cluster.calls("POST", "/recurringruns")
     assert "skip_unchanged" not in _parameters(job)
     assert "no skip_unchanged parameter" in err
+
+
+def test_auto_promote_reaches_the_run_and_is_off_by_default(cluster, compiles, capsys):
+    code, _, err = kdflow(capsys, "submit", "--host", cluster.url, *URIS)
+    assert code == 0, err
+    code, _, err = kdflow(capsys, "submit", "--host", cluster.url, *URIS, "--auto-promote")
+    assert code == 0, err
+    first, second = cluster.calls("POST", "/runs")
+    assert _parameters(first)["auto_promote"] is False and _parameters(second)["auto_promote"] is True
+    compiles.declare_skip = False  # an older pipeline: said, not silently dropped
+    code, _, err = kdflow(capsys, "schedule", "--host", cluster.url, *URIS, "--cron", "@daily", "--auto-promote")
+    assert code == 0 and "no auto_promote parameter: nothing is promoted automatically" in err
 
 
 @pytest.mark.parametrize("source", ["flag", "env", "file"])

@@ -99,7 +99,7 @@ def test_few_primitive_pipeline_parameters(spec):
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert {k: v["parameterType"] for k, v in params.items()} == {
         "data_uri": "STRING", "teacher_uri": "STRING", "config": "STRING", "trials": "STRING",
-        "cache_uri": "STRING", "tracking_uri": "STRING", "sweep_id": "STRING"}
+        "cache_uri": "STRING", "tracking_uri": "STRING", "sweep_id": "STRING", "auto_promote": "BOOLEAN"}
 
 
 def test_parallelism_is_a_construction_argument(tmp_path):

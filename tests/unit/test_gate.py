@@ -1,17 +1,143 @@
-from kdflow.config import GateConfig
-from kdflow.gate import decide
+import numpy as np
+import pytest
+
+from kdflow.config import EvaluateConfig, GateConfig
+from kdflow.evaluation.record import Predictions
+from kdflow.evaluation.teacher_floor import teacher_floor_error
+from kdflow.gate import Verdict, absolute_checks, champion_check
+from kdflow.tracking import Tag
+
+EV = EvaluateConfig(bootstrap=1000, seed=0)
+BASE = {"student_top1": 0.95, "teacher_top1": 0.97, "agreement": 0.96}
 
 
-def test_gate_passes_within_drop_and_above_floor():
-    d = decide(0.95, 0.97, GateConfig(min_accuracy=0.9, max_drop=0.03))
-    assert d.passed and d.reasons == () and d.summary == "passed"
+def _by_name(checks):
+    return {c.name: c for c in checks}
 
 
-def test_gate_allows_an_exact_tie_with_max_drop():
-    assert decide(0.94, 0.97, GateConfig(min_accuracy=0.0, max_drop=0.03)).passed
+def test_absolute_checks_pass_within_drop_and_above_floors():
+    checks = absolute_checks(BASE, GateConfig(min_accuracy=0.9, max_drop=0.03))
+    assert all(c.passed for c in checks)
+    # Caps that are not set are not checks at all; floors always are.
+    assert set(_by_name(checks)) == {"min_accuracy", "min_agreement", "min_teacher_accuracy", "max_drop"}
 
 
-def test_gate_names_each_failed_rule():
-    d = decide(0.80, 0.97, GateConfig(min_accuracy=0.9, max_drop=0.03))
-    assert not d.passed and len(d.reasons) == 2
-    assert "gate.min_accuracy=0.9" in d.summary and "gate.max_drop=0.03" in d.summary
+def test_an_exact_tie_with_max_drop_passes():
+    assert _by_name(absolute_checks({**BASE, "student_top1": 0.94}, GateConfig(max_drop=0.03)))["max_drop"].passed
+
+
+def test_each_failed_check_names_its_key_and_value():
+    m = {"student_top1": 0.80, "teacher_top1": 0.97, "agreement": 0.5, "latency_p95_ms": 12.0,
+         "size_bytes": 3_000_000, "mia_auc": 0.71, "exports_ok": False, "exports_note": "onnx differs"}
+    cfg = GateConfig(min_accuracy=0.9, min_agreement=0.9, max_drop=0.03, max_latency_ms=10, max_size_mb=2,
+                     max_mia_auc=0.6)
+    checks = _by_name(absolute_checks(m, cfg))
+    failed = {n for n, c in checks.items() if not c.passed}
+    assert failed == {"min_accuracy", "min_agreement", "max_drop", "max_latency_ms", "max_size_mb", "max_mia_auc",
+                      "exports_match"}
+    assert checks["max_size_mb"].value == pytest.approx(3.0)
+    assert "gate.max_mia_auc=0.6" in checks["max_mia_auc"].note
+    verdict = Verdict(tuple(checks.values()), champion_check(None, None, None, cfg, EV))
+    assert not verdict.passed and not verdict.promotable
+    assert "gate.min_accuracy=0.9" in verdict.summary and "gate.max_latency_ms=10" in verdict.summary
+    tags = verdict.tags()
+    assert tags[Tag.GATE_PASSED] == "false" and tags[Tag.GATE_CHECK_PREFIX + "max_mia_auc"].startswith("FAIL")
+    assert verdict.metrics()["gate.max_mia_auc"] == pytest.approx(0.71)
+
+
+def test_a_cap_set_on_something_not_measured_fails():
+    check = _by_name(absolute_checks(BASE, GateConfig(max_mia_auc=0.6)))["max_mia_auc"]
+    assert not check.passed and "not measured" in check.note
+
+
+def _preds(correct: np.ndarray, fingerprint: str = "fp-a", ids: np.ndarray | None = None) -> Predictions:
+    n = len(correct)
+    labels = np.arange(n) % 10
+    top1 = np.where(correct, labels, (labels + 1) % 10)
+    ids = np.array([f"id{i:05d}" for i in range(n)]) if ids is None else ids
+    return Predictions(ids, labels, top1, fingerprint, tuple(str(c) for c in range(10)))
+
+
+def _correct(n: int, accuracy: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.zeros(n, dtype=bool)
+    out[rng.choice(n, int(round(accuracy * n)), replace=False)] = True
+    return out
+
+
+def test_no_champion_passes_on_absolute_checks_alone_and_says_so():
+    check = champion_check(_preds(_correct(100, 0.9, 0)), None, None, GateConfig(), EV)
+    assert check.passed and "no champion yet" in check.note
+
+
+def test_a_clearly_worse_student_fails_against_the_champion():
+    champion = _preds(_correct(400, 0.95, 1))
+    student = _preds(_correct(400, 0.60, 2))
+    check = champion_check(student, champion, "m version 1", GateConfig(), EV)
+    assert not check.passed
+    assert check.value == pytest.approx(-0.35, abs=0.01)
+    assert "regression" in check.note and "m version 1" in check.note and "400 test images" in check.note
+
+
+def test_a_difference_within_noise_passes():
+    champion = _preds(_correct(400, 0.90, 1))
+    student = champion.correct().astype(bool).copy()
+    student[np.flatnonzero(student)[:2]] = False  # two images worse: well inside the interval
+    check = champion_check(_preds(student), champion, "m version 1", GateConfig(), EV)
+    assert check.passed and check.value == pytest.approx(-0.005)
+
+
+def test_the_tolerance_widens_what_passes():
+    champion = _preds(_correct(400, 0.95, 1))
+    student = _preds(_correct(400, 0.85, 2))
+    assert not champion_check(student, champion, "c", GateConfig(), EV).passed
+    assert champion_check(student, champion, "c", GateConfig(champion_tolerance=0.2), EV).passed
+
+
+def test_a_champion_on_other_data_is_compared_only_when_allowed():
+    champion = _preds(_correct(400, 0.95, 1), fingerprint="fp-old")
+    student = _preds(_correct(400, 0.60, 2), fingerprint="fp-new")
+    skipped = champion_check(student, champion, "c", GateConfig(), EV)
+    assert skipped.passed and skipped.value is None and "not compared" in skipped.note
+    assert "compare_other_data" in skipped.note
+    compared = champion_check(student, champion, "c", GateConfig(compare_other_data=True), EV)
+    assert not compared.passed and "other dataset" in compared.note
+
+
+def test_comparison_is_paired_on_common_test_images():
+    champion = _preds(_correct(400, 0.95, 1), fingerprint="fp-old")
+    ids = np.array([f"id{i:05d}" for i in range(200, 600)])  # half the images are new
+    student = _preds(np.ones(400, dtype=bool), fingerprint="fp-new", ids=ids)
+    check = champion_check(student, champion, "c", GateConfig(compare_other_data=True), EV)
+    assert check.passed and "on 200 test images" in check.note
+
+
+def test_a_champion_without_predictions_cannot_be_compared():
+    check = champion_check(_preds(_correct(50, 0.9, 0)), None, "m version 1", GateConfig(), EV)
+    assert not check.passed and "no recorded test predictions" in check.note and "--force" in check.note
+
+
+def test_predictions_round_trip_keeps_everything():
+    p = _preds(_correct(30, 0.5, 0))
+    q = Predictions.from_bytes(p.to_bytes())
+    assert (q.ids == p.ids).all() and (q.top1 == p.top1).all() and (q.labels == p.labels).all()
+    assert q.dataset_fingerprint == p.dataset_fingerprint and q.class_names == p.class_names
+
+
+def test_teacher_floor_passes_a_good_teacher():
+    labels = np.arange(100) % 4
+    assert teacher_floor_error(labels.copy(), labels, ["a", "b", "c", "d"], 0.9) is None
+
+
+def test_teacher_floor_names_a_class_order_mix_up():
+    labels = np.arange(100) % 4
+    swapped = np.array([1, 0, 2, 3])[labels]  # classes a and b swapped
+    error = teacher_floor_error(swapped, labels, ["a", "b", "c", "d"], 0.9)
+    assert error is not None and "0.5000" in error.problem and "class order" in error.fix
+    assert "folder 'a' -> teacher class 1 ('b')" in error.problem
+
+
+def test_teacher_floor_points_at_normalisation_for_a_confused_teacher():
+    labels = np.arange(100) % 4
+    error = teacher_floor_error(np.zeros(100, dtype=int), labels, ["a", "b", "c", "d"], 0.5)
+    assert error is not None and "teacher.mean" in error.fix and "gate.min_teacher_accuracy=0.5" in error.problem

@@ -52,9 +52,10 @@ def promote(name: str, version: str, force: bool, reason: str, tracking_uri: str
 
     The version must have passed its evaluation gate, and the champion check is redone against the
     CURRENT champion on the test images both were evaluated on (paired bootstrap, with the version's
-    own gate settings): a version worse beyond gate.champion_tolerance is refused. --force --reason
-    overrides both; the reason is recorded. Promoting the version that already holds champion
-    changes nothing. Promoting a version again is also how a rollback is undone.
+    own gate settings): a version not shown to be at most gate.champion_tolerance worse is refused.
+    --force --reason overrides both; the reason is recorded. Promoting the version that already
+    holds champion changes nothing (or records the promotion an interrupted run left unrecorded).
+    Promoting a version again is also how a rollback is undone.
 
     Exit status: 0 promoted (or already champion), 3 refused by the champion check (the reason is
     printed and recorded in the version tag kdflow.promotion), 2 bad input (unknown model or

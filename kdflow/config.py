@@ -208,7 +208,7 @@ class EvaluateConfig:
     ece_bins: int = 15  # equal-width confidence bins of the calibration error and reliability diagram
     latency_runs: int = 50  # timed batch-1 forward passes per model (after a warm-up)
     throughput_batch: int = 64  # batch size of the throughput measurement
-    cpu_threads: int = 0  # torch CPU threads while timing (0: torch's default for the machine)
+    cpu_threads: int = 0  # torch CPU threads while timing (0: the CPUs this process may use: affinity, cgroup quota)
     privacy_samples: int = 2000  # at most this many training members, and as many held-out samples
     export: tuple[str, ...] = ("torchscript", "onnx")  # serving formats exported and verified
     # Largest |exported - PyTorch| logit difference on test images, relative to the largest |logit|
@@ -246,29 +246,37 @@ class GateConfig:
     min_agreement: float = 0.0  # floor for the fraction of test images where student and teacher agree
     # Floor for the teacher's top-1, checked at teacher inference before anything is cached: a teacher
     # fed the wrong normalisation or class order stops the run there, not after a student learnt from it.
-    min_teacher_accuracy: float = 0.5
+    # null: min(0.5, 5 / classes), far above chance yet below any teacher worth distilling.
+    min_teacher_accuracy: float | None = None
     max_drop: float = 0.03  # largest allowed teacher top-1 minus student top-1
     max_latency_ms: float | None = None  # largest student CPU latency at batch 1 (p95, milliseconds)
     max_size_mb: float | None = None  # largest student size on disk (MB, 10^6 bytes)
     max_mia_auc: float | None = None  # largest membership-inference attack AUC (0.5 = no leak)
-    # The student may not be worse than the champion by more than this on the same test images,
-    # beyond chance: it fails only when the whole confidence interval of (student - champion) top-1
-    # lies below -champion_tolerance.
-    champion_tolerance: float = 0.0
+    # Non-inferiority margin against the champion on the same test images: the student is promotable
+    # when the lower end of the confidence interval of (student - champion) top-1 is >= -this.
+    champion_tolerance: float = 0.01
     # Compare with a champion whose dataset fingerprint differs from this run's (on the test images
-    # both were evaluated on). Off: such a champion is not compared, and the verdict says so.
+    # both were evaluated on). Off: such a champion is not compared, the student is not promotable
+    # (it is registered; promote it by hand), and the verdict says so.
     compare_other_data: bool = False
 
     def __post_init__(self) -> None:
         for name in ("min_accuracy", "min_agreement", "min_teacher_accuracy", "max_drop", "champion_tolerance"):
             v = getattr(self, name)
-            _check(0 <= v <= 1, f"gate.{name}", f"is {v}", "use a fraction in [0, 1] (0.9 means 90%)")
+            _check(v is None or 0 <= v <= 1, f"gate.{name}", f"is {v}", "use a fraction in [0, 1] (0.9 means 90%)")
         if self.max_mia_auc is not None:
             _check(0.5 <= self.max_mia_auc <= 1, "gate.max_mia_auc", f"is {self.max_mia_auc}",
                    "use an AUC in [0.5, 1] (0.5 is a random guess; 0.6 is a common cap)")
         for name in ("max_latency_ms", "max_size_mb"):
             v = getattr(self, name)
             _check(v is None or v > 0, f"gate.{name}", f"is {v}", "use a positive number, or null for no limit")
+
+
+    def teacher_floor(self, num_classes: int) -> float:
+        """The teacher's top-1 floor for a task with ``num_classes`` classes."""
+        if self.min_teacher_accuracy is not None:
+            return self.min_teacher_accuracy
+        return min(0.5, 5 / max(num_classes, 1))
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,13 @@ exporter and the default since torch 2.9. A module torch.export cannot capture (
 teacher) falls back to the TorchScript-based exporter (``dynamo=False``), deprecated but still in
 torch 2.13; ``ExportCheck.detail`` says which one wrote the file.
 
-Tolerance is absolute, on logits: logits are what a server returns and what argmax and softmax read,
-and float32 kernels that sum in another order differ from PyTorch by an absolute amount of about
-1e-6..1e-5 at logit magnitudes of a few units. A relative measure is ill-defined for logits near 0;
-``max_rel_diff`` (the difference over the largest |logit|) is reported beside it for scale. Real
-export bugs (normalisation lost, batch-norm in training mode, a wrong layer) differ by 1e-2 or more.
+Tolerance is on logits (what a server returns, what argmax and softmax read), relative to the largest
+|logit| of the check images, and absolute when the logits are under 1: float32 kernels that sum in
+another order differ from PyTorch by an amount that grows with the logits' scale (1e-6..1e-5 at a
+few units; up to ~1e-5 relative for a trained ResNet). The default (1e-3, ``evaluate.export_tolerance``)
+leaves room for that; real export bugs (normalisation lost, batch-norm in training mode, a wrong
+layer) change logits by a sizeable fraction of their scale. ``max_abs_diff`` and ``max_rel_diff``
+are both reported.
 """
 
 from __future__ import annotations
@@ -247,7 +249,7 @@ def export_model(
     images: torch.Tensor,
     out_dir: str | Path,
     formats: Sequence[str] = FORMATS,
-    tolerance: float = 1e-4,
+    tolerance: float = 1e-3,
 ) -> list[ExportCheck]:
     """Write ``model`` in each of ``formats`` to ``out_dir`` (model.ts, model.onnx) with a dynamic
     batch dimension, run each file on ``images`` and compare its logits with the model's.
@@ -281,7 +283,7 @@ def export_model(
     return checks
 
 
-def verify_export(model: nn.Module, path: str | Path, images: torch.Tensor, tolerance: float = 1e-4,
+def verify_export(model: nn.Module, path: str | Path, images: torch.Tensor, tolerance: float = 1e-3,
                   fmt: str | None = None) -> ExportCheck:
     """Check an already exported file against ``model`` the way ``export_model`` checks a new one
     (on all of ``images`` and on the first alone); ``fmt`` defaults to what the file name says

@@ -87,13 +87,15 @@ def _cap(name: str, value: float | None, cap: float | None, what: str) -> Check 
 
 
 def absolute_checks(m: dict, cfg: GateConfig) -> tuple[Check, ...]:
-    """The checks that need no other model. ``m`` holds: student_top1, teacher_top1, agreement, and,
-    when measured, latency_p95_ms, size_bytes, mia_auc, exports_ok (bool) and exports_note."""
+    """The checks that need no other model. ``m`` holds: student_top1, teacher_top1, agreement,
+    num_classes, and, when measured, latency_p95_ms, size_bytes, mia_auc, exports_ok (bool) and
+    exports_note."""
     drop = m["teacher_top1"] - m["student_top1"]
     checks = [
         _floor("min_accuracy", m["student_top1"], cfg.min_accuracy, "student top-1"),
         _floor("min_agreement", m["agreement"], cfg.min_agreement, "student-teacher agreement"),
-        _floor("min_teacher_accuracy", m["teacher_top1"], cfg.min_teacher_accuracy, "teacher top-1"),
+        _floor("min_teacher_accuracy", m["teacher_top1"], cfg.teacher_floor(m.get("num_classes", 0)),
+               "teacher top-1"),
         Check("max_drop", drop, f"<= {cfg.max_drop}", drop <= cfg.max_drop + _EPS,
               "" if drop <= cfg.max_drop + _EPS else
               f"student top-1 {m['student_top1']:.4f} is {drop:.4f} below the teacher's {m['teacher_top1']:.4f}, "
@@ -110,45 +112,51 @@ def absolute_checks(m: dict, cfg: GateConfig) -> tuple[Check, ...]:
 
 
 def champion_check(student, champion, champion_label: str | None, cfg: GateConfig, ev: EvaluateConfig) -> Check:
-    """No regression against the champion, paired on the test images both were evaluated on.
+    """Non-inferiority against the champion, paired on the test images both were evaluated on.
 
     ``student``/``champion``: ``kdflow.evaluation.record.Predictions`` (``champion`` None when the
     champion has none recorded); ``champion_label``: e.g. "kdflow-student version 3", None when the
-    registry has no champion. Fails only when the whole confidence interval of (student - champion)
-    top-1 lies below ``-cfg.champion_tolerance``: a student that is worse by chance alone passes.
+    registry has no champion. Passes only when the LOWER end of the confidence interval of
+    (student - champion) top-1 is at least ``-cfg.champion_tolerance``: the student is shown, with
+    that confidence, to be at most the tolerance worse. (Failing only when the whole interval lay
+    below would let a chain of students each slightly worse walk the champion down.) Anything that
+    cannot be compared fails closed: the student is registered but not promotable.
     """
     from kdflow.evaluation.record import paired
     from kdflow.evaluation.stats import paired_difference_ci
 
-    limit = f"student - champion top-1 CI high >= -{cfg.champion_tolerance}"
+    tol = cfg.champion_tolerance
+    limit = f"student - champion top-1, CI low >= -{tol}"
     if champion_label is None:
         return Check(CHAMPION_CHECK, None, limit, True, "no champion yet: promotable on the absolute checks alone")
+    by_hand = "promote by hand with `kdflow promote --force --reason ...` if it should replace it"
     if champion is None:
         return Check(CHAMPION_CHECK, None, limit, False,
                      f"{champion_label} has no recorded test predictions, so the student cannot be compared "
-                     "with it (promote with --force --reason to replace it anyway)")
+                     f"with it; {by_hand}")
     if tuple(champion.class_names) != tuple(student.class_names):
         return Check(CHAMPION_CHECK, None, limit, False,
                      f"{champion_label} predicts other classes ({len(champion.class_names)}) than the student "
-                     f"({len(student.class_names)}): not comparable")
+                     f"({len(student.class_names)}): not comparable; {by_hand}")
     other_data = champion.dataset_fingerprint != student.dataset_fingerprint
     if other_data and not cfg.compare_other_data:
-        return Check(CHAMPION_CHECK, None, limit, True,
+        return Check(CHAMPION_CHECK, None, limit, False,
                      f"{champion_label} was evaluated on dataset {champion.dataset_fingerprint[:12]}, this student on "
-                     f"{student.dataset_fingerprint[:12]}: not compared (set gate.compare_other_data: true to compare "
-                     f"on the test images both share); promotable on the absolute checks alone")
+                     f"{student.dataset_fingerprint[:12]}: not compared, so not promotable (set "
+                     f"gate.compare_other_data: true to compare on the test images both share, or {by_hand})")
     s, c = paired(student, champion)
     if len(s) == 0:
-        return Check(CHAMPION_CHECK, None, limit, True,
-                     f"{champion_label} shares no test image with this student: not compared; promotable on the "
-                     "absolute checks alone")
+        return Check(CHAMPION_CHECK, None, limit, False,
+                     f"{champion_label} shares no test image with this student: not comparable; {by_hand}")
     delta, low, high = paired_difference_ci(s, c, ev.bootstrap, ev.confidence, ev.seed)
-    upper = delta if math.isnan(high) else high
-    ok = upper >= -cfg.champion_tolerance - _EPS
+    lower = delta if math.isnan(low) else low
+    ok = lower >= -tol - _EPS
     where = f"on {len(s)} test images both were evaluated on" + (
         f" (other dataset: {champion.dataset_fingerprint[:12]}, compared as gate.compare_other_data allows)"
         if other_data else " (same dataset)")
-    interval = "" if math.isnan(high) else f" [{low:+.4f}, {high:+.4f}] at {ev.confidence:.0%}"
-    verdict = "no regression" if ok else f"regression beyond gate.champion_tolerance={cfg.champion_tolerance}"
+    interval = "" if math.isnan(low) else f" [{low:+.4f}, {high:+.4f}] at {ev.confidence:.0%}"
+    verdict = ("not worse beyond gate.champion_tolerance" if ok else
+               f"may be worse by more than gate.champion_tolerance={tol} (a regression, or too few test images "
+               f"to rule one out)")
     return Check(CHAMPION_CHECK, delta, limit, ok,
                  f"student - {champion_label} top-1 = {delta:+.4f}{interval} {where}: {verdict}")

@@ -44,6 +44,7 @@ class Tag:
     GATE_CHECK_PREFIX = "kdflow.gate."  # + check name: "pass|FAIL name = value (limit): why"
     PROMOTABLE = "kdflow.promotable"  # "true": passed the absolute checks and the champion check
     CHAMPION_CHECK = "kdflow.champion_check"  # the champion check at evaluation, in words
+    EXPORT_PREFIX = "kdflow.export."  # + format: its runs:/ URI; + format + ".check": how it matched PyTorch
     RUN_ID = "kdflow.run_id"
     REGISTERED_MODEL = "kdflow.registered_model"
     REGISTERED_VERSION = "kdflow.registered_version"

@@ -144,7 +144,8 @@ def measure_pair(
     ``image_shape`` is (C, H, W). ``runs`` timed batch-1 forwards per model give the latency
     percentiles, ``throughput_runs`` timed forwards at ``batch`` the throughput. ``threads`` > 0 sets
     torch's CPU threads for the measurement (process-wide, restored afterwards); 0 keeps the current
-    setting. Models on a GPU are moved to the CPU for the measurement and moved back (``on_cpu``).
+    setting, capped at the CPUs this process may really use (``available_cpus``). Models on a GPU
+    are moved to the CPU for the measurement and moved back (``on_cpu``).
     """
     if len(image_shape) != 3:
         raise ValueError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
@@ -155,8 +156,7 @@ def measure_pair(
     batched = torch.rand((batch, *image_shape), generator=generator)  # [batch, C, H, W]
 
     previous_threads = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads if threads > 0 else min(previous_threads, available_cpus()))
     try:
         used_threads = torch.get_num_threads()
         with on_cpu(student), on_cpu(teacher), torch.inference_mode():
@@ -197,3 +197,20 @@ def speedups(student: ModelCost, teacher: ModelCost) -> dict:
         "size_ratio": _ratio(teacher.size_bytes, student.size_bytes),
         "parameter_ratio": _ratio(teacher.parameters, student.parameters),
     }
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota. torch counts
+    the node's cores, so in a pod limited to 2 CPUs on a 64-core node it would start 64 threads,
+    be throttled, and report latencies that measure the throttling."""
+    import math
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota readable: the affinity mask alone
+    return max(1, cpus)

@@ -94,7 +94,7 @@ def gate_inputs(report: dict) -> dict:
     """The measurements the gate's absolute checks read (kdflow.gate.absolute_checks)."""
     acc = report["accuracy"]
     m = {"student_top1": acc["student_top1"]["value"], "teacher_top1": acc["teacher_top1"]["value"],
-         "agreement": acc["agreement"]["value"]}
+         "agreement": acc["agreement"]["value"], "num_classes": len(acc["per_class"])}
     if report.get("cost"):
         m["latency_p95_ms"] = report["cost"]["student"]["latency_p95_ms"]
         m["size_bytes"] = report["cost"]["student"]["size_bytes"]

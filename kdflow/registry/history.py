@@ -17,11 +17,24 @@ Replaying the events gives the champion *stack* (bottom first, the champion on t
 - so a rollback of a rollback goes one further back, like pressing a browser's back button twice;
 - to undo a rollback, promote that version again (it is pushed anew).
 
-The alias can be moved outside kdflow (the MLflow UI, another client). When the version holding the
-alias is not the top of the replayed stack, that holder is taken as the current top (it did replace
-the top), so a rollback returns to the version below it; the rollback's event records this in its
-``note``. Versions deleted from the registry cannot hold the alias: a rollback skips them and goes
-further back, and says so. Everything here is pure (no MLflow), so it is tested without a registry.
+The alias can also move without an event: by hand (the MLflow UI, another client), or by a kdflow
+run that died after moving the alias and before writing the event (``kdflow.registry.promotion``
+moves the alias first). Wherever a version is known to have held the alias (the ``previous`` of each
+replayed event, and the holder now when a rollback is planned) it is reconciled with the stack in
+one way:
+
+- it is the top: nothing happened outside the record;
+- it is lower in the stack: a rollback to it already happened (an interrupted ``kdflow rollback``, or
+  the alias moved back by hand). The stack is cut back to its LAST occurrence, so the next rollback
+  goes to the version below it, never back to the version that was rolled away from. kdflow records
+  such a move as a repair event (a rollback whose note is ``repair_note``) before it acts;
+- it is not in the stack: it replaced the top (an external move) and is pushed, so a rollback
+  returns to the top it replaced; the rollback's event says so in its ``note``.
+
+Replaying a rollback event (its ``previous`` is the holder it rolled back from) therefore gives the
+same stack as the plan that wrote it, with or without a repair event before it. Versions deleted
+from the registry cannot hold the alias: a rollback skips them and goes further back, and says so.
+Everything here is pure (no MLflow), so it is tested without a registry.
 """
 
 from __future__ import annotations
@@ -63,11 +76,15 @@ class Event:
 class RollbackPlan:
     target: str | None  # the version champion returns to (None: there is no previous champion)
     skipped: tuple[str, ...]  # versions passed over because they were deleted from the registry
-    external: bool  # the alias holder was not kdflow's last recorded champion
+    external: bool  # the alias holder was not in the recorded stack at all (moved outside kdflow): pushed
+    unrecorded: bool = False  # the holder was lower in the stack: a rollback to it went unrecorded (cut back)
 
     def note(self, holder: str, recorded_top: str | None) -> str:
         """The rollback event's note: what the plan had to work around, in words."""
         parts = []
+        if self.unrecorded:
+            parts.append(f"unrecorded: the alias was on version {holder}, below kdflow's last recorded champion "
+                         f"(version {recorded_top}); taken as a rollback to it that was not recorded")
         if self.external:
             parts.append(f"external: the alias was on version {holder}, not on kdflow's last recorded champion "
                          f"({'none' if recorded_top is None else 'version ' + recorded_top}); taken as the top")
@@ -124,21 +141,42 @@ def next_seq(events: Iterable[Event]) -> int:
     return max((e.seq for e in events), default=0) + 1
 
 
-def _take_holder(stack: list[str], holder: str | None) -> bool:
-    """Push ``holder`` when it is not the top of ``stack`` (the alias was moved outside kdflow):
-    the holder replaced the top, so it is the current top. Returns whether it was pushed."""
+PUSHED, CUT = "pushed", "cut"  # what _take_holder did
+
+
+def _take_holder(stack: list[str], holder: str | None) -> str:
+    """Reconcile ``stack`` (in place) with ``holder``, a version known to hold the alias (module
+    docstring): "" when it is the top (or None), CUT when it was lower (the stack is cut back to its
+    last occurrence: a rollback to it happened), PUSHED when it was not in the stack (external move)."""
     if holder is None or (stack and stack[-1] == holder):
-        return False
+        return ""
+    if holder in stack:
+        del stack[len(stack) - stack[::-1].index(holder):]
+        return CUT
     stack.append(holder)
-    return True
+    return PUSHED
+
+
+def unrecorded_rollback(stack: Iterable[str], holder: str | None) -> bool:
+    """Whether ``holder`` (the version holding the alias now) is below the top of the replayed
+    ``stack``: the alias was moved back to it without an event (an interrupted rollback, or by hand)."""
+    stack = list(stack)
+    return holder is not None and bool(stack) and stack[-1] != holder and holder in stack
+
+
+def repair_note(holder: str) -> str:
+    """The note of the event kdflow writes when it finds an ``unrecorded_rollback`` to ``holder``."""
+    return (f"repair: an unrecorded move of the alias to version {holder} was found "
+            "(interrupted rollback or a move outside kdflow)")
 
 
 def replay(events: Iterable[Event]) -> list[str]:
     """The champion stack after ``events`` (bottom first; the last element held champion last).
 
-    An event whose ``previous`` is not the top of the stack so far saw an alias moved outside
-    kdflow: ``previous`` is pushed first, as the rollback that wrote it did. A rollback pops down to
-    the version it recorded, which also replays the deleted versions it skipped.
+    Each event's ``previous`` is reconciled with the stack first (``_take_holder``: a version lower
+    in the stack is popped down to, one not in it is pushed), as the plan that wrote the event did.
+    Then promote, auto and force push; a rollback pops down to the version it recorded, which also
+    replays the deleted versions it skipped.
     """
     stack: list[str] = []
     for event in events:
@@ -157,16 +195,18 @@ def rollback_plan(stack: Iterable[str], holder: str, exists: Callable[[str], boo
     """Where a rollback from ``holder`` (the version holding champion now) goes, given the replayed
     ``stack`` and ``exists`` (whether a version is still in the registry).
 
-    The top is popped, then anything that is the holder again (an alias moved outside kdflow can
-    leave a version twice in a row) or deleted. Pure: ``replay`` of the rollback event this plan
-    produces (version = target, previous = holder) gives the same stack.
+    The holder is reconciled with the stack first (module docstring): a holder lower in the stack
+    cuts it back to the holder's last occurrence (``unrecorded``), one not in it is pushed
+    (``external``). Then the top (the holder) is popped, then anything that is the holder again (an
+    alias moved outside kdflow can leave a version twice in a row) or deleted. Pure: ``replay`` of
+    the rollback event this plan produces (version = target, previous = holder) gives the same stack.
     """
     stack = list(stack)
-    external = _take_holder(stack, holder)
+    taken = _take_holder(stack, holder)
     stack.pop()
     skipped = []
     while stack and (stack[-1] == holder or not exists(stack[-1])):
         top = stack.pop()
         if top != holder and top not in skipped:
             skipped.append(top)
-    return RollbackPlan(stack[-1] if stack else None, tuple(skipped), external)
+    return RollbackPlan(stack[-1] if stack else None, tuple(skipped), taken == PUSHED, taken == CUT)

@@ -6,13 +6,33 @@ CURRENT champion, from the per-sample test predictions both runs logged (no data
 candidate's own gate and evaluate settings (its run's ``config.yaml``). Every move is recorded in the
 champion history (``kdflow.registry.history``) and on the model versions involved.
 
-Write order: the alias is moved first, then the history event, then the version tags. If the
-process dies between the alias and the event, the registry is in the state an alias moved outside
-kdflow leaves, which the history already handles (the holder is taken as the top of the stack; the
-next rollback notes it as external), and a rerun of the same promotion is a no-op. The other order
-would leave an event claiming a move that never happened: the history would be wrong, and a later
-rollback could "return" to a version that was never champion. A missing record is recoverable; a
-false one is not.
+Write order: the alias is moved first, then the history event, then the version tags. The other
+order would leave an event claiming a move that never happened: the history would be wrong, and a
+later rollback could "return" to a version that was never champion. A missing record is
+recoverable; a false one is not. Recovering it is what makes this order crash safe: before it
+acts, every ``promote`` and ``rollback`` reconciles the alias with the replayed history and writes
+what a dead run left out.
+
+A run that died between the alias and the event leaves the alias on a version that is not the top
+of the replayed champion stack:
+
+- Holder LOWER in the stack (an interrupted rollback, or the alias moved back by hand): a repair
+  event is written first (a rollback to the holder, note ``history.repair_note``), so the history
+  says what happened and the next rollback goes below the holder, never back to the version rolled
+  away from. A rerun of an interrupted ``kdflow rollback`` therefore records the first rollback and
+  then rolls back once more; its message says both.
+- Holder NOT in the stack (an interrupted promotion, or a move outside kdflow): rerunning the same
+  promotion finds the version already holding champion but not recorded as champion, and writes
+  the missing event and version tags (the rerun's action, --force and --reason, its champion check
+  redone against the last recorded champion). A rollback instead takes the holder as an external
+  move (pushed, then rolled back from; noted in its event).
+
+A run that died after the event, before the version tags, left the history complete: only the
+version tags read by ``kdflow registry`` miss that move, and a rerun is a no-op.
+
+An interrupted promotion of a version that is already lower in the stack (promoting an older
+version again) cannot be told from an interrupted rollback to it: it is recorded as the rollback,
+the reading that never lets a later rollback bring back a version that was rolled away from.
 """
 
 from __future__ import annotations
@@ -43,7 +63,7 @@ class VersionTag:
 
 @dataclass(frozen=True)
 class PromotionResult:
-    promoted: bool  # whether the alias moved
+    promoted: bool  # whether the version became champion: the alias moved, or an interrupted move was recorded
     version: str  # the version asked for (promote) or returned to (rollback)
     previous: str | None  # the version holding champion before (None: none did)
     message: str  # what happened, in words
@@ -115,7 +135,7 @@ def _check_against_champion(client, name: str, candidate, holder) -> tuple[Check
         return champion_check(None, None, None, cfg.gate, cfg.evaluate), note
     student = Predictions.of_run(client, candidate.run_id) if candidate.run_id else None
     if student is None:
-        return Check(CHAMPION_CHECK, None, f"student - champion top-1 CI high >= -{cfg.gate.champion_tolerance}",
+        return Check(CHAMPION_CHECK, None, f"student - champion top-1, CI low >= -{cfg.gate.champion_tolerance}",
                      False, f"{name} version {candidate.version} has no recorded test predictions, so it cannot "
                             f"be compared with {name} version {holder.version} (promote with --force --reason to "
                             "replace it anyway)"), note
@@ -132,14 +152,43 @@ def _append_event(client, name: str, action: str, version: str, previous: str | 
     return event
 
 
+def _reconciled_stack(client, name: str, holder: str | None) -> tuple[list[str], str]:
+    """The replayed champion stack, after writing the repair event when ``holder`` (the version
+    holding the alias now) is below its top (an unrecorded rollback: module docstring), and a line
+    saying so ("" when there was nothing to repair)."""
+    events = history.parse_events(registered_model(client, name).tags)
+    stack = history.replay(events)
+    if not history.unrecorded_rollback(stack, holder):
+        return stack, ""
+    event = _append_event(client, name, history.ROLLBACK, holder, stack[-1], "", history.repair_note(holder))
+    return history.replay([*events, event]), f"recorded first: {event.note}"
+
+
+def _version_if_exists(client, name: str, version: str | None):
+    """Model version ``version`` of ``name``, or None when it is None or was deleted."""
+    if version is None:
+        return None
+    try:
+        return _model_version(client, name, version)
+    except KdflowError:
+        return None
+
+
 def _moved(previous: str | None, version: str) -> str:
     return f"champion: {'none' if previous is None else 'version ' + previous} -> version {version}"
+
+
+def _with(message: str, repaired: str) -> str:
+    return f"{repaired}; {message}" if repaired else message
 
 
 def promote(name: str, version: str, tracking_uri: str | None, force: bool = False, reason: str = "",
             action: str = "promote") -> PromotionResult:
     """Give ``name`` version ``version`` the champion alias if it passed its gate and does not
-    regress against the current champion; ``force`` (with a ``reason``) overrides both."""
+    regress against the current champion; ``force`` (with a ``reason``) overrides both.
+
+    When ``version`` already holds the alias but the history does not record it as champion (a
+    run died after moving the alias), the promotion is recorded instead (module docstring)."""
     if action not in history.PUSH_ACTIONS:
         raise ValueError(f"action must be one of {history.PUSH_ACTIONS}, got {action!r}")
     reason = reason.strip()
@@ -151,24 +200,35 @@ def promote(name: str, version: str, tracking_uri: str | None, force: bool = Fal
     candidate = _model_version(client, name, version)
     holder = _by_alias(client, name, CHAMPION)
     previous = None if holder is None else str(holder.version)
-    if previous == version:
-        return PromotionResult(False, version, previous, f"{name} version {version} already holds {CHAMPION}: "
-                                                         "nothing changed", None)
+    stack, repaired = _reconciled_stack(client, name, previous)
+    recovering = previous == version
+    if recovering:
+        if stack and stack[-1] == version:
+            return PromotionResult(False, version, previous, _with(f"{name} version {version} already holds "
+                                                                   f"{CHAMPION}: nothing changed", repaired), None)
+        # The alias is on the version but the history is not: an interrupted promotion. Record it,
+        # checked against the last recorded champion, which is the one it replaced.
+        previous = stack[-1] if stack else None
+        holder = _version_if_exists(client, name, previous)
     gate_passed = candidate.tags.get(Tag.GATE_PASSED) == "true"
     if not gate_passed and not force:
         raise KdflowError(f"{name} version {version} did not pass its evaluation gate "
-                          f"({candidate.tags.get(Tag.GATE, 'no gate verdict recorded')})",
+                          f"({candidate.tags.get(Tag.GATE, 'no gate verdict recorded')})"
+                          + (f", yet holds {CHAMPION} with no recorded promotion" if recovering else ""),
                           "promote a version that passed, or pass --force --reason TEXT to override the gate")
     check, note = _check_against_champion(client, name, candidate, holder)
     now = history.utc_now()
     if not check.passed and not force:
         client.set_model_version_tag(name, version, VersionTag.PROMOTION, f"refused {now}: {check.line()}")
-        return PromotionResult(False, version, previous, f"refused: {check.line()}" + (f" ({note})" if note else ""),
+        held = f"; it holds {CHAMPION} all the same, with no recorded promotion" if recovering else ""
+        return PromotionResult(False, version, previous,
+                               _with(f"refused: {check.line()}" + (f" ({note})" if note else "") + held, repaired),
                                check)
 
     forced = force and not (check.passed and gate_passed)
     used = "force" if forced else action
-    client.set_registered_model_alias(name, CHAMPION, version)  # first: see the module docstring
+    if not recovering:
+        client.set_registered_model_alias(name, CHAMPION, version)  # first: see the module docstring
     event = _append_event(client, name, used, version, previous, reason)
     replacing = "no champion" if previous is None else f"version {previous}"
     client.set_model_version_tag(name, version, VersionTag.PROMOTION,
@@ -180,27 +240,31 @@ def promote(name: str, version: str, tracking_uri: str | None, force: bool = Fal
     client.set_model_version_tag(name, version, VersionTag.REASON, reason)
     why = [] if not forced else [f"forced: {reason}"]
     why += [check.line()] + ([note] if note else [])
-    return PromotionResult(True, version, previous, f"{_moved(previous, version)} ({used}); " + "; ".join(why),
-                           check)
+    moved = f"{_moved(previous, version)} ({used})"
+    if recovering:
+        moved = (f"{name} version {version} already holds {CHAMPION}: recorded the promotion an interrupted run "
+                 f"left unrecorded, {moved}")
+    return PromotionResult(True, version, previous, _with(f"{moved}; " + "; ".join(why), repaired), check)
 
 
 def rollback(name: str, tracking_uri: str | None, reason: str = "") -> PromotionResult:
-    """Return champion to the version below the top of the champion stack (history module)."""
+    """Return champion to the version below the top of the champion stack (history module), after
+    recording an unrecorded rollback to the current holder if there was one (module docstring)."""
     reason = reason.strip()
     client = connect(tracking_uri)
-    model = registered_model(client, name)
+    registered_model(client, name)
     holder = _by_alias(client, name, CHAMPION)
     if holder is None:
         raise KdflowError(f"{name} has no {CHAMPION}: there is nothing to roll back",
                           f"promote a version with `kdflow promote {name} VERSION`")
     current = str(holder.version)
-    stack = history.replay(history.parse_events(model.tags))
+    stack, repaired = _reconciled_stack(client, name, current)
     existing = {str(v.version) for v in client.search_model_versions(f"name='{name}'", max_results=10_000)}
     plan = history.rollback_plan(stack, current, existing.__contains__)
     note = plan.note(current, stack[-1] if stack else None)
     if plan.target is None:
-        raise KdflowError(f"{name} has no previous {CHAMPION} to roll back to from version {current}"
-                          + (f" ({note})" if note else ""),
+        raise KdflowError(_with(f"{name} has no previous {CHAMPION} to roll back to from version {current}"
+                                + (f" ({note})" if note else ""), repaired),
                           f"promote a version with `kdflow promote {name} VERSION`")
     client.set_registered_model_alias(name, CHAMPION, plan.target)  # first: see the module docstring
     event = _append_event(client, name, history.ROLLBACK, plan.target, current, reason, note)
@@ -208,4 +272,4 @@ def rollback(name: str, tracking_uri: str | None, reason: str = "") -> Promotion
     client.set_model_version_tag(name, plan.target, VersionTag.PROMOTION,
                                  f"restored {event.at} (rollback) by {event.by}, replacing version {current}")
     message = f"{_moved(current, plan.target)} (rollback)" + (f"; {note}" if note else "")
-    return PromotionResult(True, plan.target, current, message, None)
+    return PromotionResult(True, plan.target, current, _with(message, repaired), None)

@@ -27,6 +27,7 @@ from kdflow.softlabels.ref import SoftLabelRef
 from kdflow.steps.distill import STUDENT_FILE
 from kdflow.training.batches import ArrayBatches, to_float_images
 from kdflow.training.device import resolve_device
+from kdflow.tracking import Tag
 from kdflow.training.trainer import predict
 
 log = logging.getLogger(__name__)
@@ -146,8 +147,20 @@ def run_evaluation(
             if report["exports"]:
                 mlflow.log_artifacts(str(export_dir), EXPORT_DIR)
                 mlflow.log_dict({"exports": report["exports"]}, f"{EXPORT_DIR}/verification.json")
-            tracking.set_tags(verdict.tags())
+            tracking.set_tags({**verdict.tags(), **_export_tags(report["exports"], run_id)})
     report.update({"passed": verdict.passed, "promotable": verdict.promotable, "gate": verdict.summary,
                    "verdict": verdict.to_dict(), "metrics": metrics, "class_names": dataset.class_names,
                    "images": images, REPORT_HTML: page})
     return report
+
+
+def _export_tags(exports: list[dict], run_id: str) -> dict[str, str]:
+    """Where each export is and how it matched PyTorch; registration copies them onto the version,
+    so ``models:/NAME@champion`` leads to its ONNX and TorchScript files."""
+    tags = {}
+    for e in exports:
+        tags[Tag.EXPORT_PREFIX + e["format"]] = f"runs:/{run_id}/{EXPORT_DIR}/{e['file']}"
+        tags[Tag.EXPORT_PREFIX + e["format"] + ".check"] = (
+            f"{'pass' if e['passed'] else 'FAIL'}: max |logit diff| {e['max_abs_diff']:.3g} on test images, "
+            f"tolerance {e['tolerance']:.3g}, verified with {e['verified_with']}")
+    return tags

@@ -38,7 +38,7 @@ def run_registration(run_id: str, model_uri: str, config_yaml: str, tracking_uri
     version = _registered_from(client, cfg.registry.model_name, run_id)
     if version is None:
         tags = {k: v for k, v in run.data.tags.items() if k in Tag.LINEAGE or k in Tag.VERDICT
-                or k.startswith(Tag.GATE_CHECK_PREFIX)}
+                or k.startswith((Tag.GATE_CHECK_PREFIX, Tag.EXPORT_PREFIX))}
         tags[Tag.RUN_ID] = run_id
         version = mlflow.register_model(model_uri, cfg.registry.model_name, tags=tags)
     client.set_registered_model_alias(cfg.registry.model_name, cfg.registry.alias, version.version)
@@ -58,13 +58,9 @@ def run_registration(run_id: str, model_uri: str, config_yaml: str, tracking_uri
 
 def _registered_from(client, name: str, run_id: str):
     """The version already registered from ``run_id``, if any: a retried registration step (a pod
-    lost after MLflow answered) must not make a second version of the same student."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = client.search_model_versions(f"name='{name}'", max_results=10_000)
-    except MlflowException:
-        return None  # no such model yet
+    lost after MLflow answered) must not make a second version of the same student. Errors are not
+    swallowed: a registry that fails to answer now must not be read as "not registered yet"."""
+    versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     found = [v for v in versions if v.tags.get(Tag.RUN_ID) == run_id]
     if found:
         log.info("run %s is already registered as %s version %s: not registering it again", run_id, name,

@@ -40,15 +40,16 @@ def check_teacher(teacher: torch.nn.Module, dataset: DatasetManifest, device: to
 
 
 def _check_floor(pred: np.ndarray, test, dataset: DatasetManifest, cfg: Config) -> None:
-    error = teacher_floor_error(pred, test.labels, dataset.class_names, cfg.gate.min_teacher_accuracy)
+    floor = cfg.gate.teacher_floor(dataset.num_classes)
+    error = teacher_floor_error(pred, test.labels, dataset.class_names, floor)
     if error is not None:
         if any(abs(v) > 1 for v in (*(cfg.teacher.mean or ()), *(cfg.teacher.std or ()))):
             raise KdflowError(error.problem, f"teacher.mean/std {list(cfg.teacher.mean)}/{list(cfg.teacher.std)} look "
                               "like 0-255 units, but kdflow feeds the teacher pixels in [0, 1]: divide them by 255. "
                               f"Otherwise: {error.fix}")
         raise error
-    log.info("teacher top-1 on the test split: %.4f (floor gate.min_teacher_accuracy=%s)",
-             float((pred == test.labels).mean()), cfg.gate.min_teacher_accuracy)
+    log.info("teacher top-1 on the test split: %.4f (floor gate.min_teacher_accuracy=%g)",
+             float((pred == test.labels).mean()), floor)
 
 
 def run_teacher_inference(

@@ -83,8 +83,8 @@ def test_evaluation_gate_promotion_and_rollback(tmp_path, tiny_data, tiny_teache
     png = client.download_artifacts(first.run_id, "evaluation/confusion_matrix.png", str(tmp_path))
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = Path(client.download_artifacts(first.run_id, "evaluation/report.html", str(tmp_path))).read_text()
-    assert "Membership inference" in report.replace("membership inference", "Membership inference")
-    assert "data:image/png;base64," in report
+    assert "membership inference (loss threshold, Yeom et al. 2018)" in report
+    assert f"Attack AUC {metrics['mia_auc']:.3f}" in report and report.count("data:image/png;base64,") == 2
     verification = json.loads(Path(client.download_artifacts(first.run_id, "export/verification.json",
                                                               str(tmp_path))).read_text())
     assert {e["format"] for e in verification["exports"]} == {"torchscript", "onnx"}
@@ -103,6 +103,9 @@ def test_evaluation_gate_promotion_and_rollback(tmp_path, tiny_data, tiny_teache
     v1 = client.get_model_version(NAME, "1")
     assert v1.tags["kdflow.gate_passed"] == "true" and v1.tags["kdflow.promotable"] == "true"
     assert v1.tags["kdflow.gate.min_teacher_accuracy"].startswith("pass")
+    assert v1.tags["kdflow.export.onnx"] == f"runs:/{first.run_id}/export/model.onnx"
+    onnx_check = v1.tags["kdflow.export.onnx.check"]
+    assert onnx_check.startswith("pass") and "onnxruntime" in onnx_check
     for tag in ("kdflow.teacher_digest", "kdflow.dataset_fingerprint", "kdflow.softlabel_cache_key", "kdflow.method",
                 "kdflow.config_hash", "kdflow.pipeline_run", "kdflow.code_version", "kdflow.run_id"):
         assert v1.tags.get(tag), tag
@@ -117,16 +120,17 @@ def test_evaluation_gate_promotion_and_rollback(tmp_path, tiny_data, tiny_teache
     second = read_summary(run_local(str(root), {**args, "config": _config(tiny_config_yaml, **WORSE)}),
                           mlflow_server)
     assert second.registered_version == "2" and "champion" not in second.aliases
-    assert second.champion_check.startswith("FAIL") and "regression" in second.champion_check
+    worse = "worse by more than gate.champion_tolerance"
+    assert second.champion_check.startswith("FAIL") and worse in second.champion_check
     v2 = client.get_model_version(NAME, "2")
     assert v2.tags["kdflow.promotable"] == "false"
-    assert v2.tags["kdflow.promotion"].startswith("refused") and "regression" in v2.tags["kdflow.promotion"]
+    assert v2.tags["kdflow.promotion"].startswith("refused") and worse in v2.tags["kdflow.promotion"]
     assert client.get_model_version_by_alias(NAME, "champion").version == "1"
 
     # 3. By hand: refused with the reason (exit 3), forced with a reason, rolled back.
     refused = _cli("promote", NAME, "2", tracking_uri=mlflow_server, cwd=tmp_path)
     assert refused.returncode == 3, refused.stderr
-    assert "regression" in refused.stdout + refused.stderr
+    assert worse in refused.stdout + refused.stderr
     assert client.get_model_version_by_alias(NAME, "champion").version == "1"
     forced = _cli("promote", NAME, "2", "--force", "--reason", "canary says fine", tracking_uri=mlflow_server,
                   cwd=tmp_path)

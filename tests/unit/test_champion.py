@@ -32,6 +32,16 @@ def test_config_hash_ignores_where_things_are_but_not_what_is_computed():
     assert config_hash(Config.from_yaml(CONFIG.replace("epochs: 3", "epochs: 4"))) != config_hash(base)
 
 
+def test_config_hash_ignores_how_the_student_is_judged():
+    import dataclasses
+
+    base = Config.from_yaml(CONFIG)
+    judged = base.replace(gate=dataclasses.replace(base.gate, max_mia_auc=0.6),
+                          evaluate=dataclasses.replace(base.evaluate, bootstrap=200),
+                          registry=dataclasses.replace(base.registry, alias="candidate"))
+    assert config_hash(judged) == config_hash(base)
+
+
 def test_no_champion_yet_trains(registry):
     uri, _ = registry
     out = decide_retraining(FINGERPRINT, TEACHER, CONFIG, uri, skip_unchanged=True)

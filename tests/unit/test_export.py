@@ -60,7 +60,7 @@ def test_both_formats_match_pytorch_within_tolerance(exports, arch):
     for c in checks:
         assert c.passed, c.detail
         assert (out / c.file).stat().st_size == c.size_bytes > 0
-        assert 0 <= c.max_abs_diff <= c.tolerance == 1e-4
+        assert 0 <= c.max_abs_diff <= 1e-4 and c.tolerance == 1e-3  # the default; the real gap is far smaller
         assert 0 <= c.max_rel_diff <= c.max_abs_diff * 1e3  # logits of a unit or more, never tiny
         assert set(c.to_dict()) == {"format", "file", "size_bytes", "max_abs_diff", "tolerance", "verified_with",
                                     "passed", "max_rel_diff", "detail"}

@@ -1,11 +1,12 @@
 """The champion history: events as registered-model tags, replayed into the champion stack (no MLflow)."""
 
 import json
+import random
 
 import pytest
 
-from kdflow.registry.history import (EVENT_PREFIX, Event, event_key, next_seq, parse_events, replay, rollback_plan,
-                                     who)
+from kdflow.registry.history import (EVENT_PREFIX, Event, event_key, next_seq, parse_events, repair_note, replay,
+                                     rollback_plan, unrecorded_rollback, who)
 
 
 def ev(seq, action, version, previous=None, note=""):
@@ -71,10 +72,11 @@ def test_promoting_again_undoes_a_rollback():
     assert rollback_plan(replay(events), "3", everything_exists).target == "2"
 
 
-def test_alias_moved_outside_kdflow_is_taken_as_the_top():
+def test_alias_moved_outside_kdflow_to_a_version_not_in_the_history_is_taken_as_the_top():
     stack = replay(promotions(1, 3))  # then someone set champion to version 2 in the MLflow UI
     plan = rollback_plan(stack, "2", everything_exists)
-    assert (plan.target, plan.external) == ("3", True)
+    assert (plan.target, plan.external, plan.unrecorded) == ("3", True, False)
+    assert not unrecorded_rollback(stack, "2")
     assert plan.note("2", "3").startswith("external: the alias was on version 2")
     # The event it writes replays to the same stack: the holder is pushed, then popped.
     assert replay(promotions(1, 3) + [ev(3, "rollback", 3, 2, note="external")]) == ["1", "3"]
@@ -84,6 +86,44 @@ def test_promotion_over_an_outside_move_keeps_the_outside_champion_in_the_histor
     events = promotions(1, 3) + [ev(3, "promote", 4, 2)]  # version 2 was champion (set outside kdflow)
     assert replay(events) == ["1", "3", "2", "4"]
     assert rollback_plan(replay(events), "4", everything_exists).target == "2"
+
+
+def test_alias_on_a_version_below_the_top_is_a_rollback_that_already_happened():
+    # [1, 2, 3] with champion on 2 and no event for that move (a rollback that died after moving the
+    # alias, or a move back by hand): the next rollback goes to 1, never back to 3.
+    stack = replay(promotions(1, 2, 3))
+    assert unrecorded_rollback(stack, "2") and not unrecorded_rollback(stack, "3")
+    assert not unrecorded_rollback(stack, "7") and not unrecorded_rollback([], "2")
+    plan = rollback_plan(stack, "2", everything_exists)
+    assert (plan.target, plan.skipped, plan.external, plan.unrecorded) == ("1", (), False, True)
+    assert plan.note("2", "3").startswith("unrecorded: the alias was on version 2, below")
+    assert rollback_plan(stack, "1", everything_exists).target is None  # moved back to the bottom
+
+
+def test_unrecorded_rollback_cuts_back_to_the_holders_last_occurrence():
+    events = promotions(1, 2, 3) + [ev(4, "promote", 2, 3), ev(5, "promote", 4, 2)]
+    assert replay(events) == ["1", "2", "3", "2", "4"]
+    # Alias moved from 4 back to 2 without a record: that undid the last promotion only.
+    assert rollback_plan(replay(events), "2", everything_exists).target == "3"
+    assert replay(events + [ev(6, "rollback", 2, 4, note=repair_note("2"))]) == ["1", "2", "3", "2"]
+
+
+def test_repair_event_and_later_events_replay_like_the_plan():
+    base = promotions(1, 2, 3)
+    repair = ev(4, "rollback", 2, 3, note=repair_note("2"))
+    assert repair.note == ("repair: an unrecorded move of the alias to version 2 was found "
+                           "(interrupted rollback or a move outside kdflow)")
+    assert replay(base + [repair]) == ["1", "2"]
+    # Interrupted rollback 3 -> 2, then rollback again: with or without the repair event, it goes to 1.
+    for history in (base, base + [repair]):
+        target = rollback_plan(replay(history), "2", everything_exists).target
+        assert target == "1"
+        assert replay(history + [ev(next_seq(history), "rollback", target, 2)]) == ["1"]
+    # A promotion over the unrecorded rollback: its previous (2) is found lower down, popped to, not pushed.
+    promoted = base + [ev(4, "promote", 4, 2)]
+    assert replay(promoted) == replay(base + [repair, ev(5, "promote", 4, 2)]) == ["1", "2", "4"]
+    assert rollback_plan(replay(promoted), "4", everything_exists).target == "2"
+    assert rollback_plan(["1", "2"], "2", everything_exists).target == "1"
 
 
 def test_same_version_twice_in_a_row_is_not_a_rollback_target():
@@ -124,6 +164,45 @@ def test_plan_and_replay_agree_over_a_long_history():
         assert replay(events)[-1] == holder
     assert replay(events) == ["1"]
     assert rollback_plan(replay(events), "1", exists).target is None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_plan_and_replay_agree_with_unrecorded_moves(seed):
+    """Random promotions, rollbacks and unrecorded alias moves (to a version in the history or not):
+    after every recorded event the replayed top is the alias holder, a repair event changes no
+    outcome, and a rollback never returns to the version an unrecorded rollback moved away from."""
+    rng, exists = random.Random(seed), (lambda v: v != "5")  # noqa: E731
+    events, holder = [], None
+    for _ in range(30):
+        stack, op = replay(events), rng.choice(["promote", "promote", "back", "back", "move"])
+        if op == "move" and holder is not None:  # the alias moves with no event written
+            rolled_from, holder = holder, rng.choice([*stack, "6", "7"])
+            if holder == rolled_from:
+                continue
+            if unrecorded_rollback(stack, holder):
+                with_repair = events + [ev(next_seq(events), "rollback", holder, rolled_from, note=repair_note(holder))]
+                plan = rollback_plan(stack, holder, exists)
+                assert rollback_plan(replay(with_repair), holder, exists).target == plan.target
+                if plan.target is not None and stack.count(rolled_from) == 1:
+                    assert plan.target != rolled_from
+                if rng.random() < 0.5:
+                    events = with_repair
+            continue
+        if op == "back" and holder is not None:
+            target = rollback_plan(stack, holder, exists).target
+            if target is None:
+                continue
+            events.append(ev(next_seq(events), "rollback", target, holder))
+            holder = target
+        elif op == "promote":
+            version = rng.choice("123467")
+            if version == holder:
+                continue
+            events.append(ev(next_seq(events), "promote", version, holder))
+            holder = version
+        else:
+            continue
+        assert replay(events)[-1] == holder
 
 
 def test_who_prefers_kdflow_user(monkeypatch):

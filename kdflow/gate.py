@@ -111,6 +111,16 @@ def absolute_checks(m: dict, cfg: GateConfig) -> tuple[Check, ...]:
     return tuple(c for c in checks if c is not None)
 
 
+def stricter(candidate: GateConfig, champion: GateConfig) -> GateConfig:
+    """The candidate's gate with the champion's promotion policy where it is stricter: a run must not
+    loosen, through its own config, the bar it has to clear to replace the champion."""
+    import dataclasses
+
+    return dataclasses.replace(candidate,
+                               champion_tolerance=min(candidate.champion_tolerance, champion.champion_tolerance),
+                               compare_other_data=candidate.compare_other_data and champion.compare_other_data)
+
+
 def champion_check(student, champion, champion_label: str | None, cfg: GateConfig, ev: EvaluateConfig) -> Check:
     """Non-inferiority against the champion, paired on the test images both were evaluated on.
 

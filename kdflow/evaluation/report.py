@@ -47,9 +47,9 @@ def render_html(report: dict, title: str, images: dict[str, bytes]) -> str:
                 ("student-teacher agreement", _pct(acc["agreement"])),
                 ("student ECE", f"{100 * report['calibration']['ece']:.2f}%")], ("metric", "value")),
         "<h3>Per class</h3>",
-        _table([(name, pc["count"], _pct({"value": pc["student"]}) if pc["student"] is not None else "-",
+        _table([(name, pc["count"], _pct(pc.get("student_interval")),
                  _pct({"value": pc["teacher"]}) if pc["teacher"] is not None else "-")
-                for name, pc in acc["per_class"].items()], ("class", "images", "student", "teacher")),
+                for name, pc in acc["per_class"].items()], ("class", "images", "student [interval]", "teacher")),
     ]
     parts += [_img(png, name) for name, png in images.items()]
     cost = report.get("cost")

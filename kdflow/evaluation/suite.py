@@ -35,14 +35,19 @@ def accuracy_section(student_logits: torch.Tensor, teacher_top1: torch.Tensor, t
         hits = (teacher_topk[:, :5] == labels[:, None]).any(1).double().numpy()
         teacher_top5 = interval(hits, ev)
     counts = torch.bincount(labels, minlength=len(class_names)).tolist()
+    student_correct = (pred == labels).double().numpy()
     per_class = {
-        name: {"count": n, "student": s, "teacher": t}
-        for name, n, s, t in zip(class_names, counts, per_class_accuracy(pred, labels, len(class_names)),
-                                 per_class_accuracy(teacher_top1, labels, len(class_names)), strict=True)
+        name: {"count": n, "student": s, "teacher": t,
+               # The student's per-class top-1 with its interval: classes are often small, so wide.
+               "student_interval": interval(student_correct[(labels == c).numpy()], ev) if n else None}
+        for c, (name, n, s, t) in enumerate(zip(class_names, counts,
+                                                per_class_accuracy(pred, labels, len(class_names)),
+                                                per_class_accuracy(teacher_top1, labels, len(class_names)),
+                                                strict=True))
     }
     return {
         "samples": len(labels),
-        "student_top1": interval((pred == labels).double().numpy(), ev),
+        "student_top1": interval(student_correct, ev),
         "student_top5": interval(topk_correct(student_logits, labels, 5).double().numpy(), ev),
         "teacher_top1": interval((teacher_top1 == labels).double().numpy(), ev),
         "teacher_top5": teacher_top5,

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from kdflow.config import Config
 from kdflow.errors import ConfigError, KdflowError
-from kdflow.gate import CHAMPION_CHECK, Check, champion_check
+from kdflow.gate import CHAMPION_CHECK, Check, champion_check, stricter
 from kdflow.registry import history
 from kdflow.steps.champion import CHAMPION, _by_alias
 from kdflow.tracking import Tag
@@ -107,9 +107,8 @@ def _model_version(client, name: str, version: str):
     raise KdflowError(f"{name} has no version {version!r}", f"list its versions with `kdflow registry {name}`")
 
 
-def _run_config(client, run_id: str | None) -> tuple[Config, str]:
-    """The candidate's own run config (its gate and evaluate settings) and a note when defaults
-    stood in: a run logged before kdflow recorded its config, or a config this kdflow cannot read."""
+def run_config(client, run_id: str | None) -> tuple[Config, str]:
+    """A version's run config (its gate and evaluate settings) and a note when defaults stood in: a run logged before kdflow recorded its config, or a config this kdflow cannot read."""
     from mlflow.exceptions import MlflowException
 
     if not run_id:
@@ -130,7 +129,7 @@ def _check_against_champion(client, name: str, candidate, holder) -> tuple[Check
     a note on the settings used."""
     from kdflow.evaluation.record import Predictions
 
-    cfg, note = _run_config(client, candidate.run_id)
+    cfg, note = run_config(client, candidate.run_id)
     if holder is None:
         return champion_check(None, None, None, cfg.gate, cfg.evaluate), note
     student = Predictions.of_run(client, candidate.run_id) if candidate.run_id else None
@@ -140,7 +139,8 @@ def _check_against_champion(client, name: str, candidate, holder) -> tuple[Check
                             f"be compared with {name} version {holder.version} (promote with --force --reason to "
                             "replace it anyway)"), note
     champion = Predictions.of_run(client, holder.run_id) if holder.run_id else None
-    return champion_check(student, champion, f"{name} version {holder.version}", cfg.gate, cfg.evaluate), note
+    gate = stricter(cfg.gate, run_config(client, holder.run_id)[0].gate)  # the candidate may not loosen the bar
+    return champion_check(student, champion, f"{name} version {holder.version}", gate, cfg.evaluate), note
 
 
 def _append_event(client, name: str, action: str, version: str, previous: str | None, reason: str,

@@ -19,7 +19,7 @@ from kdflow.data.shards import DatasetManifest, SplitArrays
 from kdflow.errors import DataError
 from kdflow.evaluation import suite
 from kdflow.evaluation.record import Predictions
-from kdflow.gate import Verdict, absolute_checks, champion_check
+from kdflow.gate import Verdict, absolute_checks, champion_check, stricter
 from kdflow.logs import setup_logging
 from kdflow.models.loading import TeacherSource, load_checkpoint
 from kdflow.softlabels.cache import SoftLabelCache
@@ -47,19 +47,19 @@ def _sample(split: SplitArrays, n: int, seed: int) -> SplitArrays:
 
 
 def _champion(cfg: Config, tracking_uri: str | None):
-    """(label, Predictions or None) of the registry's champion; (None, None) when there is none."""
-    from mlflow import MlflowClient
-
-    from kdflow import tracking
+    """(label, Predictions or None, gate settings) of the registry's champion: (None, None, the run's
+    own) when there is none. The gate is the run's, with the champion's promotion policy where that
+    is stricter (``gate.stricter``)."""
+    from kdflow.registry.promotion import connect, run_config
     from kdflow.steps.champion import CHAMPION, _by_alias
 
-    uri = tracking.use_tracking(tracking_uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = connect(tracking_uri)
     version = _by_alias(client, cfg.registry.model_name, CHAMPION)
     if version is None:
-        return None, None
-    return f"{cfg.registry.model_name} version {version.version} (@{CHAMPION})", Predictions.of_run(client,
-                                                                                                    version.run_id)
+        return None, None, cfg.gate
+    gate = stricter(cfg.gate, run_config(client, version.run_id)[0].gate)
+    return (f"{cfg.registry.model_name} version {version.version} (@{CHAMPION})",
+            Predictions.of_run(client, version.run_id), gate)
 
 
 def measure(cfg: Config, dataset: DatasetManifest, ref: SoftLabelRef, student: torch.nn.Module,
@@ -121,9 +121,9 @@ def run_evaluation(
     with tempfile.TemporaryDirectory() as tmp:
         export_dir = Path(tmp) / EXPORT_DIR
         report, preds = measure(cfg, dataset, ref, student, teacher, export_dir)
-        label, champion = _champion(cfg, tracking_uri)
+        label, champion, gate = _champion(cfg, tracking_uri)
         verdict = Verdict(absolute_checks(suite.gate_inputs(report), cfg.gate),
-                          champion_check(preds, champion, label, cfg.gate, cfg.evaluate))
+                          champion_check(preds, champion, label, gate, cfg.evaluate))
         report["gate"] = verdict.to_dict()
         log.info("gate: %s", verdict.summary)
         for check in (*verdict.checks, verdict.champion):

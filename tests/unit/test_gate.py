@@ -4,7 +4,7 @@ import pytest
 from kdflow.config import EvaluateConfig, GateConfig
 from kdflow.evaluation.record import Predictions
 from kdflow.evaluation.teacher_floor import teacher_floor_error
-from kdflow.gate import Verdict, absolute_checks, champion_check
+from kdflow.gate import Verdict, absolute_checks, champion_check, stricter
 from kdflow.tracking import Tag
 
 EV = EvaluateConfig(bootstrap=1000, seed=0)
@@ -156,3 +156,27 @@ def test_teacher_floor_points_at_normalisation_for_a_confused_teacher():
     labels = np.arange(100) % 4
     error = teacher_floor_error(np.zeros(100, dtype=int), labels, ["a", "b", "c", "d"], 0.5)
     assert error is not None and "teacher.mean" in error.fix and "gate.min_teacher_accuracy=0.5" in error.problem
+
+
+def test_a_candidate_cannot_loosen_the_champions_bar():
+    loose = GateConfig(champion_tolerance=0.5, compare_other_data=True)
+    strict = GateConfig(champion_tolerance=0.01, compare_other_data=False)
+    merged = stricter(loose, strict)
+    assert merged.champion_tolerance == 0.01 and merged.compare_other_data is False
+    assert stricter(strict, loose) == strict
+
+
+def test_per_class_accuracy_carries_an_interval():
+    import torch
+
+    from kdflow.evaluation.suite import accuracy_section
+
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    logits = torch.nn.functional.one_hot(torch.tensor([0, 0, 1, 1, 1, 1, 0, 2]), 3).float()
+    section = accuracy_section(logits, labels.clone(), None, labels, ["a", "b", "c"], EV)
+    a = section["per_class"]["a"]
+    assert a["count"] == 4 and a["student"] == 0.5 and a["student_interval"]["value"] == 0.5
+    assert 0 <= a["student_interval"]["low"] <= 0.5 <= a["student_interval"]["high"] <= 1
+    assert section["student_top1"]["value"] == 5 / 8 and section["teacher_top1"]["value"] == 1.0
+    assert section["teacher_top5"] is None  # no cached top-k given
+    assert section["confusion_matrix"] == [[2, 2, 0], [0, 2, 0], [1, 0, 1]]

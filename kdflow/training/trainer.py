@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 CHECKPOINT = "last.pt"
+CHECK_EVERY = 50  # steps between two reads of the divergence flag (the only host syncs within an epoch)
 
 
 def seed_everything(seed: int) -> None:
@@ -67,6 +68,15 @@ def _save(uri: str, state: dict) -> None:
     storage_for(uri).write_bytes(uri, buf.getvalue())
 
 
+def _raise_if_diverged(first_bad: torch.Tensor, bad_loss: torch.Tensor, epoch: int) -> None:
+    """One host read of the divergence flag; the error names the first step whose loss was not finite.
+    (Steps after it ran on NaN weights, but nothing is checkpointed before this check.)"""
+    step = int(first_bad)
+    if step >= 0:
+        raise KdflowError(f"training loss became {float(bad_loss)} at epoch {epoch}, step {step}",
+                          "lower train.lr, or check the data and teacher for NaN/inf values")
+
+
 def fit(
     distiller: Distiller,
     train: ArrayBatches,
@@ -101,29 +111,39 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs):
         distiller.train()
         distiller.start_epoch(epoch)
-        sums: dict[str, float] = {}
-        seen = correct = 0
+        # Everything the loop sums stays on the device and is read every CHECK_EVERY steps and at the
+        # end of the epoch: a .item() or a tensor in an `if` per step makes the host wait for the GPU
+        # queue to drain, which leaves the GPU idle while Python prepares the next step.
+        sums: dict[str, torch.Tensor] = {}  # name -> sum over samples of the term, float32 [] on device
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
+        bad_loss = torch.zeros((), device=device)
+        seen = 0
         for step, batch in enumerate(train.batches(epoch=epoch, seed=cfg.seed)):
             with _autocast(device):
                 out = distiller(batch)
             loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise KdflowError(
-                    f"training loss became {loss.item()} at epoch {epoch}, step {step}",
-                    "lower train.lr, or check the data and teacher for NaN/inf values",
-                )
+            newly_bad = ~torch.isfinite(loss.detach()) & (first_bad < 0)
+            first_bad = torch.where(newly_bad, step, first_bad)
+            bad_loss = torch.where(newly_bad, loss.detach().float(), bad_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             n = batch["label"].shape[0]
             seen += n
-            correct += (out["output"].argmax(-1) == batch["label"]).sum().item()
+            correct += (out["output"].argmax(-1) == batch["label"]).sum()
             for name, value in out.items():
                 if name != "output":
-                    sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
-        metrics = {f"train_{k}": v / max(seen, 1) for k, v in sums.items()}
-        metrics["train_accuracy"] = correct / max(seen, 1)
+                    term = value.detach().float() * n
+                    sums[name] = sums[name] + term if name in sums else term
+            if (step + 1) % CHECK_EVERY == 0:
+                _raise_if_diverged(first_bad, bad_loss, epoch)
+        _raise_if_diverged(first_bad, bad_loss, epoch)
+        names = list(sums)
+        totals = torch.stack([*(sums[k] for k in names), correct.float()]).tolist()  # the epoch's one read
+        metrics = {f"train_{k}": v / max(seen, 1) for k, v in zip(names, totals)}
+        metrics["train_accuracy"] = totals[-1] / max(seen, 1)
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         if validate is not None:
             distiller.eval()

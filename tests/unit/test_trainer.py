@@ -109,3 +109,34 @@ def test_full_fp32_turns_tf32_off_and_restores_it():
         assert torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_the_step_loop_does_not_wait_for_the_device(monkeypatch):
+    """No host sync per step: reads of device values (item, bool, float, int, tolist) stay the same
+    whether an epoch has 5 steps or 45 (on a GPU each would stall the queue)."""
+    reads = {"n": 0}
+    for method in ("item", "__bool__", "__float__", "__int__", "tolist"):
+        real = getattr(torch.Tensor, method)
+
+        def counted(self, *args, _real=real, **kwargs):
+            reads["n"] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
+
+    def reads_for(n_per_class: int, method: str) -> int:
+        torch.manual_seed(0)
+        student = Classifier(create_model("convnet_xs", 3), (0.5,) * 3, (0.25,) * 3)
+        teacher = Classifier(create_model("convnet_s", 3), (0.5,) * 3, (0.25,) * 3) if method != "ce" else None
+        distiller = build_distiller(method, student, teacher, get_distiller_class(method).Options())
+        batches = ArrayBatches(_arrays(n_per_class), 4, torch.device("cpu"))
+        steps = batches.steps_per_epoch()
+        reads["n"] = 0
+        fit(distiller, batches, dataclasses.replace(CFG, epochs=1, warmup_epochs=0, batch_size=4))
+        return reads["n"], steps
+
+    for method in ("ce", "kd"):
+        few, few_steps = reads_for(2, method)
+        many, many_steps = reads_for(15, method)
+        assert many_steps >= 5 * few_steps
+        assert many == few, f"{method}: {few} reads in {few_steps} steps, {many} in {many_steps}"

@@ -37,12 +37,37 @@ def _arrays(samples: list[Sample], size: int) -> SplitArrays:
     )
 
 
+class ChannelHistogram:
+    """Exact per-channel statistics of uint8 pixels, accumulated batch by batch.
+
+    A uint8 channel has 256 values, so a count per value is a sufficient statistic: the mean and the
+    (two-pass, hence numerically stable) variance come out exact from 256 bins, in memory that does
+    not grow with the dataset, with no float copy of the pixels (the old float64 copy was 8 bytes
+    per pixel, the largest allocation of a preprocess run).
+    """
+
+    def __init__(self, channels: int = 3):
+        self.counts = np.zeros((channels, 256), dtype=np.int64)  # [C, 256]
+
+    def update(self, images: np.ndarray) -> None:
+        """``images``: uint8 [N, H, W, C]."""
+        for c in range(self.counts.shape[0]):
+            self.counts[c] += np.bincount(images[..., c].ravel(), minlength=256)
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std on [0, 1] pixels (std floored at 1e-6, rounded to 6 places)."""
+        values = np.arange(256, dtype=np.float64) / 255.0  # [256]
+        n = np.maximum(self.counts.sum(1), 1)  # [C]
+        mean = (self.counts * values).sum(1) / n
+        var = (self.counts * (values[None, :] - mean[:, None]) ** 2).sum(1) / n
+        return [round(float(v), 6) for v in mean], [round(float(max(np.sqrt(v), 1e-6)), 6) for v in var]
+
+
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images [N, H, W, C], on [0, 1] pixels."""
-    x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    mean = x.mean(axis=0)
-    std = np.sqrt(np.maximum((x * x).mean(axis=0) - mean * mean, 0.0))
-    return [round(float(v), 6) for v in mean], [round(float(max(v, 1e-6)), 6) for v in std]
+    hist = ChannelHistogram(images.shape[-1])
+    hist.update(images)
+    return hist.mean_std()
 
 
 def split_spec(cfg: DataConfig) -> dict:

@@ -108,7 +108,8 @@ def _model_version(client, name: str, version: str):
 
 
 def run_config(client, run_id: str | None) -> tuple[Config, str]:
-    """A version's run config (its gate and evaluate settings) and a note when defaults stood in: a run logged before kdflow recorded its config, or a config this kdflow cannot read."""
+    """A version's run config (its gate and evaluate settings) and a note when defaults stood in: a
+    run logged before kdflow recorded its config, or a config this kdflow cannot read."""
     from mlflow.exceptions import MlflowException
 
     if not run_id:

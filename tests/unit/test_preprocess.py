@@ -137,3 +137,20 @@ def test_bad_layouts_are_clear_errors(tmp_path, layout, message):
     with pytest.raises(DataError, match=message):
         preprocess(str(root), str(tmp_path / "out"), CFG)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_channel_statistics_are_exact_and_can_accumulate_in_batches():
+    from kdflow.data.preprocess import ChannelHistogram, channel_stats
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50, 7, 5, 3), dtype=np.uint8)
+    images[..., 2] = 255  # a constant channel: std 0, floored
+    x = images.reshape(-1, 3).astype(np.float64) / 255.0
+    mean, std = channel_stats(images)
+    np.testing.assert_allclose(mean, x.mean(0), atol=1e-6)
+    np.testing.assert_allclose(std[:2], x.std(0)[:2], atol=1e-6)
+    assert std[2] == 1e-6 and mean[2] == 1.0
+    hist = ChannelHistogram()
+    for batch in np.array_split(images, 7):
+        hist.update(batch)
+    assert hist.mean_std() == (mean, std)

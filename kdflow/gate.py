@@ -158,13 +158,15 @@ def champion_check(student, champion, champion_label: str | None, cfg: GateConfi
     if len(s) == 0:
         return Check(CHAMPION_CHECK, None, limit, False,
                      f"{champion_label} shares no test image with this student: not comparable; {by_hand}")
-    delta, low, high = paired_difference_ci(s, c, ev.bootstrap, ev.confidence, ev.seed)
-    lower = delta if math.isnan(low) else low
-    ok = lower >= -tol - _EPS
+    # At least 1000 resamples and 95%: a run's evaluate settings may make the check stricter, never
+    # looser (bootstrap: 0 would leave the point estimate alone, confidence: 0.5 a narrow interval).
+    confidence = max(ev.confidence, 0.95)
+    delta, low, high = paired_difference_ci(s, c, max(ev.bootstrap, 1000), confidence, ev.seed)
+    ok = low >= -tol - _EPS
     where = f"on {len(s)} test images both were evaluated on" + (
         f" (other dataset: {champion.dataset_fingerprint[:12]}, compared as gate.compare_other_data allows)"
         if other_data else " (same dataset)")
-    interval = "" if math.isnan(low) else f" [{low:+.4f}, {high:+.4f}] at {ev.confidence:.0%}"
+    interval = f" [{low:+.4f}, {high:+.4f}] at {confidence:.0%}"
     verdict = ("not worse beyond gate.champion_tolerance" if ok else
                f"may be worse by more than gate.champion_tolerance={tol} (a regression, or too few test images "
                f"to rule one out)")

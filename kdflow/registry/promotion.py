@@ -211,6 +211,11 @@ def promote(name: str, version: str, tracking_uri: str | None, force: bool = Fal
         # checked against the last recorded champion, which is the one it replaced.
         previous = stack[-1] if stack else None
         holder = _version_if_exists(client, name, previous)
+        if previous is not None and holder is None and not force:
+            # The champion it replaced is gone, so it cannot be compared: fail closed, as promote does.
+            raise KdflowError(f"{name} version {version} holds {CHAMPION} with no recorded promotion, and the "
+                              f"version it replaced ({previous}) was deleted, so the promotion cannot be checked",
+                              "pass --force --reason TEXT to record it, or promote another version")
     gate_passed = candidate.tags.get(Tag.GATE_PASSED) == "true"
     if not gate_passed and not force:
         raise KdflowError(f"{name} version {version} did not pass its evaluation gate "

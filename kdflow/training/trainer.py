@@ -114,7 +114,7 @@ def fit(
         # Everything the loop sums stays on the device and is read every CHECK_EVERY steps and at the
         # end of the epoch: a .item() or a tensor in an `if` per step makes the host wait for the GPU
         # queue to drain, which leaves the GPU idle while Python prepares the next step.
-        sums: dict[str, torch.Tensor] = {}  # name -> sum over samples of the term, float32 [] on device
+        sums: dict[str, torch.Tensor] = {}  # name -> sum over samples of the term, float64 [] on device
         correct = torch.zeros((), dtype=torch.long, device=device)
         first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
         bad_loss = torch.zeros((), device=device)
@@ -135,13 +135,13 @@ def fit(
             correct += (out["output"].argmax(-1) == batch["label"]).sum()
             for name, value in out.items():
                 if name != "output":
-                    term = value.detach().float() * n
+                    term = value.detach().double() * n  # float64: long epochs sum many terms
                     sums[name] = sums[name] + term if name in sums else term
             if (step + 1) % CHECK_EVERY == 0:
                 _raise_if_diverged(first_bad, bad_loss, epoch)
         _raise_if_diverged(first_bad, bad_loss, epoch)
         names = list(sums)
-        totals = torch.stack([*(sums[k] for k in names), correct.float()]).tolist()  # the epoch's one read
+        totals = torch.stack([*(sums[k] for k in names), correct.double()]).tolist()  # the epoch's one read
         metrics = {f"train_{k}": v / max(seen, 1) for k, v in zip(names, totals)}
         metrics["train_accuracy"] = totals[-1] / max(seen, 1)
         metrics["lr"] = optimizer.param_groups[0]["lr"]

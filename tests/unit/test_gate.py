@@ -180,3 +180,13 @@ def test_per_class_accuracy_carries_an_interval():
     assert section["student_top1"]["value"] == 5 / 8 and section["teacher_top1"]["value"] == 1.0
     assert section["teacher_top5"] is None  # no cached top-k given
     assert section["confusion_matrix"] == [[2, 2, 0], [0, 2, 0], [1, 0, 1]]
+
+
+def test_a_run_cannot_loosen_the_champion_check_through_its_evaluate_settings():
+    champion = _preds(_correct(360, 0.95, 1))
+    student = champion.correct().astype(bool).copy()
+    flip = np.random.default_rng(3).choice(360, 24, replace=False)
+    student[flip] = ~student[flip]
+    for ev in (EvaluateConfig(bootstrap=0), EvaluateConfig(confidence=0.5)):
+        check = champion_check(_preds(student), champion, "c", GateConfig(champion_tolerance=0.01), ev)
+        assert not check.passed and "at 95%" in check.note

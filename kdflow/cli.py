@@ -59,14 +59,19 @@ def _local_inputs(base, data, teacher, workdir, cache_uri, tracking_uri):
 
 
 def _run_locally(run_pipeline, workdir: Path, cfg, arguments: dict) -> str:
-    """Run a pipeline through kfp.local with the config's inputs plus ``arguments``; a failed task is
-    a ClickException (exit 1) pointing at its log."""
+    """Run a pipeline through kfp.local with the config's inputs plus ``arguments``: a line per step
+    on stderr, the whole output in WORKDIR/logs/ (its path said at the end); a failed task is a
+    ClickException (exit 1) pointing at its log."""
+    log_file = workdir / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    click.echo("kdflow: running the pipeline locally, step by step:", err=True)
     try:
         return run_pipeline(str(workdir / "pipeline_runs"), {
             "data_uri": cfg.data_uri, "teacher_uri": cfg.teacher_uri, "cache_uri": cfg.cache_uri,
-            "tracking_uri": cfg.tracking_uri, **arguments})
+            "tracking_uri": cfg.tracking_uri, **arguments}, log_file=str(log_file))
     except RuntimeError as exc:
-        raise click.ClickException(f"{exc}\nThe failing task's log above says why.") from None
+        raise click.ClickException(f"{exc}\nThe failing step's log is above; all of it: {log_file}") from None
+    finally:
+        click.echo(f"kdflow: full log of every step: {log_file}", err=True)
 
 
 @main.command()

@@ -28,17 +28,19 @@ def compile_pipeline(path: str, pipeline: str = "distill", platform_file: str | 
     return path
 
 
-def run_local(pipeline_root: str, arguments: dict[str, Any], runner: Any = None) -> str:
+def run_local(pipeline_root: str, arguments: dict[str, Any], runner: Any = None, log_file: str | None = None) -> str:
     """Run the pipeline on this machine: every task as a subprocess of this interpreter
     (kfp.local.SubprocessRunner), or in its container image with ``runner=kfp.local.DockerRunner(...)``.
-    Returns the MLflow run id. Raises when a task fails."""
+    Returns the MLflow run id. Raises when a task fails. With ``log_file``, kfp.local's output goes
+    there and stderr gets one line per step (pipelines/console.py)."""
     from kfp import local
 
+    from kdflow.pipelines.console import steps_to_console
     from kdflow.pipelines.distill_pipeline import make_distill_pipeline
 
     runner = runner or local.SubprocessRunner(use_venv=False)
     local.init(runner=runner, pipeline_root=pipeline_root, raise_on_error=True)
-    with _local_warnings_ignored():
+    with _local_warnings_ignored(), steps_to_console(log_file):
         return make_distill_pipeline()(**arguments).output
 
 
@@ -60,7 +62,7 @@ def compile_sweep(path: str, platform_file: str | None = None) -> str:
     return compile_pipeline(path, "sweep", platform_file)
 
 
-def run_sweep_local(pipeline_root: str, arguments: dict[str, Any]) -> str:
+def run_sweep_local(pipeline_root: str, arguments: dict[str, Any], log_file: str | None = None) -> str:
     """Run the sweep pipeline with kfp.local, one trial at a time (``LOCAL_PARALLELISM``); returns the
     MLflow run id of the winning trial (its ``mlflow.parentRunId`` tag names the sweep's parent run).
     Raises when a task fails (the exit task has then marked the sweep's runs FAILED)."""
@@ -73,8 +75,10 @@ def run_sweep_local(pipeline_root: str, arguments: dict[str, Any]) -> str:
     from kdflow.pipelines.sweep_pipeline import LOCAL_PARALLELISM, make_sweep_pipeline
 
     arguments = {"sweep_id": f"sweep-{uuid.uuid4().hex[:12]}", **arguments}
+    from kdflow.pipelines.console import steps_to_console
+
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
-    with _local_warnings_ignored():
+    with _local_warnings_ignored(), steps_to_console(log_file):
         make_sweep_pipeline(LOCAL_PARALLELISM)(**arguments)
     parent = find_parent(arguments["sweep_id"], arguments.get("tracking_uri") or None)
     if parent is None or SweepTag.BEST_RUN_ID not in parent.data.tags:

@@ -45,7 +45,7 @@ from kdflow.config import Config
 from kdflow.errors import ConfigError, KdflowError
 from kdflow.gate import CHAMPION_CHECK, Check, champion_check, stricter
 from kdflow.registry import history
-from kdflow.steps.champion import CHAMPION, _by_alias
+from kdflow.steps.champion import CHAMPION, by_alias
 from kdflow.tracking import Tag
 
 CONFIG_ARTIFACT = "config.yaml"  # the resolved run config every distill run logs (tracking.log_config)
@@ -199,7 +199,7 @@ def promote(name: str, version: str, tracking_uri: str | None, force: bool = Fal
     client = connect(tracking_uri)
     registered_model(client, name)
     candidate = _model_version(client, name, version)
-    holder = _by_alias(client, name, CHAMPION)
+    holder = by_alias(client, name, CHAMPION)
     previous = None if holder is None else str(holder.version)
     stack, repaired = _reconciled_stack(client, name, previous)
     recovering = previous == version
@@ -259,7 +259,7 @@ def rollback(name: str, tracking_uri: str | None, reason: str = "") -> Promotion
     reason = reason.strip()
     client = connect(tracking_uri)
     registered_model(client, name)
-    holder = _by_alias(client, name, CHAMPION)
+    holder = by_alias(client, name, CHAMPION)
     if holder is None:
         raise KdflowError(f"{name} has no {CHAMPION}: there is nothing to roll back",
                           f"promote a version with `kdflow promote {name} VERSION`")

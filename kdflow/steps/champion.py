@@ -43,7 +43,7 @@ def _decide(fingerprint: str, teacher_digest: str, cfg: Config, tracking_uri: st
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = cfg.registry.model_name
     lineage = Lineage(fingerprint, teacher_digest, config_hash(cfg))
-    champion = _by_alias(client, name, CHAMPION)
+    champion = by_alias(client, name, CHAMPION)
     if champion is None:
         reason = f"{name} has no {CHAMPION} yet"
     else:
@@ -53,14 +53,14 @@ def _decide(fingerprint: str, teacher_digest: str, cfg: Config, tracking_uri: st
         reason = f"inputs differ from {name} version {champion.version} (@{CHAMPION}): " + "; ".join(changed)
     # A student registered from these very inputs and not promoted yet (the alias registration gives,
     # challenger by default) would be trained again by every scheduled run until someone promotes it.
-    pending = _by_alias(client, name, cfg.registry.alias) if cfg.registry.alias != CHAMPION else None
+    pending = by_alias(client, name, cfg.registry.alias) if cfg.registry.alias != CHAMPION else None
     if pending is not None and not lineage.differences(pending.tags):
         return _skip(f"{reason}, but {name} version {pending.version} (@{cfg.registry.alias}) was trained from "
                      f"these inputs and awaits promotion", lineage)
     return {"retrain": True, "reason": reason}
 
 
-def _by_alias(client, name: str, alias: str):
+def by_alias(client, name: str, alias: str):
     """The model version holding ``alias``, or None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 

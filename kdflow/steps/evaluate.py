@@ -51,10 +51,10 @@ def _champion(cfg: Config, tracking_uri: str | None):
     own) when there is none. The gate is the run's, with the champion's promotion policy where that
     is stricter (``gate.stricter``)."""
     from kdflow.registry.promotion import connect, run_config
-    from kdflow.steps.champion import CHAMPION, _by_alias
+    from kdflow.steps.champion import CHAMPION, by_alias
 
     client = connect(tracking_uri)
-    version = _by_alias(client, cfg.registry.model_name, CHAMPION)
+    version = by_alias(client, cfg.registry.model_name, CHAMPION)
     if version is None:
         return None, None, cfg.gate
     gate = stricter(cfg.gate, run_config(client, version.run_id)[0].gate)

@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-component test-pipeline test-e2e compile clean \
+.PHONY: help install run test test-unit test-component test-pipeline test-e2e compile clean bench-scale bench-throughput \
         images image-cpu image-gpu push test-docker wheelhouse base-image docker-engine
 
 # Container images (images/README.md). Tags: the package version, under the prefix the pipeline's
@@ -64,6 +64,12 @@ test-pipeline: install ## Compile the pipeline and check the spec
 
 test-e2e: install ## Whole pipeline against real MLflow and S3 servers on loopback
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+bench-scale: install ## Peak RSS of preprocess, teacher inference, training at 10k/40k/160k images (CPU; SIZES=a,b,c)
+	$(KDFLOW) bench scale $(if $(SIZES),--sizes $(SIZES))
+
+bench-throughput: install ## Training and labelling images/s vs the models' ceilings (GPU; PROFILE=cpu-reduced on a CPU)
+	$(KDFLOW) bench throughput --profile $(or $(PROFILE),gpu)
 
 compile: install ## Write the pipeline spec for a cluster to pipeline.yaml
 	$(KDFLOW) compile --output pipeline.yaml

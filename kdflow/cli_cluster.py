@@ -182,8 +182,8 @@ _pipeline_options = _options(
     click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, metavar="NAME",
                  help="KFP experiment the run belongs to (made if missing)."),
     click.option("--no-cache", is_flag=True,
-                 help="Create the run with KFP's step caching disabled: after clearing the soft-label cache in "
-                      "object storage, so KFP does not reuse teacher-inference outputs that point at it. "
+                 help="Create the run with KFP's step caching disabled (preprocessing and teacher adaptation run "
+                      "again, e.g. after their outputs in object storage were deleted). "
                       "Default: the compiled caching options."),
     click.option("--auto-promote", is_flag=True,
                  help="Make a registered student the registry's champion when it passes the gate against the "

@@ -26,6 +26,9 @@ def _check(ok: bool, key: str, problem: str, fix: str) -> None:
         raise ConfigError(f"config key '{key}' {problem}", fix)
 
 
+SHARD_TARGET_BYTES = 32 << 20  # data.shard_size 0: shards of about 32 MiB of uint8 pixels
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Ingest and preprocessing (the preprocessing spec is part of the soft-label cache key).
@@ -38,7 +41,11 @@ class DataConfig:
     val_fraction: float = 0.1  # of train/ (of all data when there are no split folders), if there is no val/
     test_fraction: float = 0.2  # of train/ (of all data when there are no split folders), if there is no test/
     seed: int = 0  # seeds the split: a sample's split is drawn from a hash of its content and this seed
-    shard_size: int = 8192  # samples per shard
+    # Samples per shard; 0 (the default) sizes shards by bytes: about SHARD_TARGET_BYTES of pixels,
+    # 64..8192 rows (8192 32-px images, 2730 at 64 px, 222 at 224 px). Training streams a window of
+    # a few shards, so their size bounds its memory; shards are in content-hash order, so every
+    # shard is already a random sample of its split and a few of them shuffle well.
+    shard_size: int = 0
     # squash: resize to image_size x image_size, ignoring the aspect ratio (cheap; fine for data that
     # is already square). short_side: resize the short side to image_size, then centre-crop: what
     # pretrained teachers saw (torchvision's Resize + CenterCrop), so objects keep their shape.
@@ -51,6 +58,15 @@ class DataConfig:
     # regex: searched in each file's path relative to the data root; the group is the first capture
     # group (else the whole match); a file it does not match is a group of its own.
     group_pattern: str | None = None
+    # Pipeline fan-out of preprocess: one decode task per this many files (the dataset does not
+    # depend on it); a local run cuts its own, smaller parts for its process pool.
+    files_per_part: int = 20000
+
+    def rows_per_shard(self) -> int:
+        """``shard_size``, or when 0 the row count that makes a shard about SHARD_TARGET_BYTES."""
+        if self.shard_size:
+            return self.shard_size
+        return max(64, min(8192, SHARD_TARGET_BYTES // (self.image_size * self.image_size * 3)))
 
     def __post_init__(self) -> None:
         import re
@@ -61,7 +77,10 @@ class DataConfig:
             _check(0.0 <= v < 1.0, f"data.{name}", f"is {v}", "use a fraction in [0, 1)")
         _check(self.val_fraction + self.test_fraction < 1.0, "data.val_fraction",
                "plus data.test_fraction leaves no training data", "make their sum less than 1")
-        _check(self.shard_size >= 1, "data.shard_size", f"is {self.shard_size}", "use a positive count")
+        _check(self.shard_size >= 0, "data.shard_size", f"is {self.shard_size}",
+               "use a positive count of samples per shard, or 0 to size shards by bytes")
+        _check(self.files_per_part >= 1, "data.files_per_part", f"is {self.files_per_part}",
+               "use a positive number of files per preprocess decode task")
         # Past ~16 of 64 bits unrelated pictures start to match, and the search slows down sharply.
         _check(0 <= self.group_distance <= 16, "data.group_distance", f"is {self.group_distance}",
                "use 0..16 bits (6 is a good start; 0 groups only identical hashes)")
@@ -89,6 +108,8 @@ class TeacherConfig:
     std: tuple[float, ...] | None = None
     top_k: int = 10  # logits kept per sample; full rows when the class count is <= top_k
     batch_size: int = 512  # inference batch size (teacher inference and evaluation)
+    # Teacher inference fans out as one pipeline task per this many dataset shards (all splits).
+    shards_per_task: int = 4
     bootstrap_epochs: int = 20  # epochs for the teacher trained when none is given
     # Teacher adaptation: fine-tune the given teacher on the train split (cross-entropy, with the
     # run's augmentation) before it labels anything. 0 epochs: off, the teacher is used as given.
@@ -100,6 +121,8 @@ class TeacherConfig:
         _check(self.adapt_lr > 0, "teacher.adapt_lr", f"is {self.adapt_lr}", "use a positive learning rate")
         _check(self.top_k >= 1, "teacher.top_k", f"is {self.top_k}", "use k >= 1")
         _check(self.batch_size >= 1, "teacher.batch_size", f"is {self.batch_size}", "use a positive size")
+        _check(self.shards_per_task >= 1, "teacher.shards_per_task", f"is {self.shards_per_task}",
+               "use 1 or more dataset shards per teacher inference task")
         _check((self.mean is None) == (self.std is None), "teacher.mean",
                "and teacher.std must be given together", "set both, or neither")
         if self.std is not None:
@@ -165,9 +188,25 @@ class TrainConfig:
     warmup_epochs: int = 0  # linear warm-up before the cosine decay
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Data-parallel processes (torchrun workers, one per GPU); each takes batch_size / processes of
+    # every batch, so the run equals a one-process run with the same global batch.
+    processes: int = 1
+    sync_batchnorm: bool = False  # with processes > 1 on CUDA: BatchNorm statistics over the global batch
+    checkpoint_every_steps: int = 0  # also checkpoint within an epoch every this many steps (0: at epoch ends only)
+    channels_last: bool = True  # NHWC convolutions on CUDA (tensor-core friendly); no effect on the CPU
+    compile: bool = False  # torch.compile the student's forward (first steps are slower while it compiles)
+    # auto: keep a split whole on the device when it fits (training/streaming.py make_batches), else
+    # stream its shards with bounded memory; always / never force one or the other.
+    resident: Literal["auto", "always", "never"] = "auto"
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", f"is {self.epochs}", "use at least 1")
+        _check(self.processes >= 1, "train.processes", f"is {self.processes}", "use 1 or more (one per GPU)")
+        _check(self.batch_size % self.processes == 0, "train.batch_size",
+               f"is {self.batch_size}, not a multiple of train.processes ({self.processes})",
+               "use a batch size that every process can take an equal share of")
+        _check(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
+               f"is {self.checkpoint_every_steps}", "use 0 (epoch ends only) or a positive number of steps")
         _check(self.batch_size >= 1, "train.batch_size", f"is {self.batch_size}", "use a positive size")
         _check(self.lr > 0, "train.lr", f"is {self.lr}", "use a positive learning rate")
         _check(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs",

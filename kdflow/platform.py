@@ -105,6 +105,13 @@ class Platform:
     # GPU steps (teacher adaptation and inference, distillation): the accelerator and how many.
     gpu_resource: str = "nvidia.com/gpu"
     gpus_per_step: int = 1
+    # GPUs of the student-distillation task: with more than 1, set train.processes to the same number
+    # and the step trains under torchrun, one DDP process per GPU (the step refuses a mismatch).
+    distill_gpus: int = 1
+    # Nodes of the student distillation: with more than 1 the distill pipeline submits it as a
+    # Kubeflow Trainer job (TrainJob on the torch-distributed runtime) of distill_nodes x distill_gpus
+    # processes and waits for it (kdflow.trainjob; docs/cluster.md).
+    distill_nodes: int = 1
     # Where GPU steps may run: the label NVIDIA's GPU feature discovery puts on GPU nodes, and the
     # taint GPU node pools usually carry (GKE, EKS and AKS taint them nvidia.com/gpu).
     gpu_node_selector: dict = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
@@ -120,6 +127,8 @@ class Platform:
 
     def __post_init__(self) -> None:
         _check(self.gpus_per_step >= 1, "gpus_per_step", f"is {self.gpus_per_step}", "use 1 or more")
+        _check(self.distill_gpus >= 1, "distill_gpus", f"is {self.distill_gpus}", "use 1 or more")
+        _check(self.distill_nodes >= 1, "distill_nodes", f"is {self.distill_nodes}", "use 1 or more")
         _quantity(self.shm_size, "shm_size")
         self.gpu_steps.check("gpu_steps")
         self.cpu_steps.check("cpu_steps")

@@ -39,6 +39,7 @@ class Tag:
     DEVICE = "kdflow.device"
     TEACHER_MODE = "kdflow.teacher_mode"  # offline (cached soft labels) or online
     VIEWS = "kdflow.softlabel_views"  # augmented views replayed (0: the plain view)
+    PROCESSES = "kdflow.processes"  # training processes (DDP ranks; 1 without torchrun)
     GATE_PASSED = "kdflow.gate_passed"
     GATE = "kdflow.gate"  # the verdict in words
     GATE_CHECK_PREFIX = "kdflow.gate."  # + check name: "pass|FAIL name = value (limit): why"

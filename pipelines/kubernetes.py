@@ -36,11 +36,12 @@ def cpu_step(task: dsl.PipelineTask, platform: Platform | None) -> dsl.PipelineT
     return task
 
 
-def gpu_step(task: dsl.PipelineTask, platform: Platform | None) -> dsl.PipelineTask:
+def gpu_step(task: dsl.PipelineTask, platform: Platform | None, gpus: int | None = None) -> dsl.PipelineTask:
     """A step for a GPU node: the accelerator, node selector and tolerations, a memory-backed /dev/shm,
     requests and limits, secrets, and retries with back-off (GPU nodes are often spot/preemptible).
-    Without settings (kfp.local) only the accelerator is named."""
-    gpus = platform.gpus_per_step if platform else 1
+    Without settings (kfp.local) only the accelerator is named. ``gpus``: this task's count (default
+    ``platform.gpus_per_step``), e.g. ``platform.distill_gpus`` for a multi-GPU distillation."""
+    gpus = gpus or (platform.gpus_per_step if platform else 1)
     task.set_accelerator_type(platform.gpu_resource if platform else "nvidia.com/gpu").set_accelerator_limit(gpus)
     if platform is None:
         return task

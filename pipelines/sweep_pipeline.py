@@ -1,5 +1,6 @@
-"""preprocess -> [teacher adaptation] -> teacher inference (once) -> start sweep -> trials in parallel
-(distillation, one per trial config) -> select the best on validation -> evaluation -> registration."""
+"""preprocess (fanned out) -> [teacher adaptation] -> teacher inference (once, fanned out) -> start sweep ->
+trials in parallel (distillation, one per trial config) -> select the best on validation -> evaluation ->
+registration. The fan-outs are distill_pipeline.py's."""
 
 from kfp import dsl
 
@@ -8,11 +9,11 @@ from kdflow.components.distill import distill
 from kdflow.components.evaluate import evaluate
 from kdflow.components.finish_sweep import finish_sweep
 from kdflow.components.fingerprint_inputs import fingerprint_inputs
-from kdflow.components.preprocess import preprocess
 from kdflow.components.register import register
 from kdflow.components.select_trial import select_trial
 from kdflow.components.start_sweep import start_sweep
-from kdflow.components.teacher_inference import teacher_inference
+from kdflow.pipelines.distill_pipeline import (CLUSTER_PREPROCESS_PARTS, make_preprocess_fanout, preprocess_step,
+                                               teacher_step)
 from kdflow.pipelines.kubernetes import cpu_step, gpu_step
 from kdflow.platform import Platform
 
@@ -28,14 +29,20 @@ LOCAL_PARALLELISM = 1
 def make_sweep_pipeline(parallelism: int = CLUSTER_PARALLELISM, platform: Platform | None = None):
     """The sweep pipeline with ``parallelism`` trials at a time (fixed when the spec is built: KFP
     takes it as a number in the spec, not as a run parameter); ``platform``: the Kubernetes settings
-    of its tasks (None for kfp.local). Only preprocess and the teacher steps may hit KFP's cache (see
+    of its tasks (None for kfp.local). Only preprocess and teacher adaptation may hit KFP's cache (see
     distill_pipeline.py); the rest write MLflow runs."""
 
     def cpu(task, cache: bool = False):
         return cpu_step(task, platform).set_caching_options(cache)
 
-    def gpu(task, cache: bool = False):
-        return gpu_step(task, platform).set_caching_options(cache)
+    def gpu(task, cache: bool = False, gpus: int | None = None):
+        return gpu_step(task, platform, gpus).set_caching_options(cache)
+
+    def cached_cpu(task, cache: bool = True):  # preprocess: its parts and assembly are content-keyed
+        return cpu(task, cache)
+
+    local = platform is None
+    fanout = None if local else make_preprocess_fanout(cached_cpu, CLUSTER_PREPROCESS_PARTS)
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Distil many students from one teacher run; register the best.")
     def sweep_pipeline(data_uri: str, teacher_uri: str, config: str, trials: str, cache_uri: str,
@@ -57,17 +64,14 @@ def make_sweep_pipeline(parallelism: int = CLUSTER_PARALLELISM, platform: Platfo
             inputs = cpu(fingerprint_inputs(data_uri=data_uri, teacher_uri=teacher_uri, config=config,
                                             tracking_uri=tracking_uri)).set_display_name("fingerprint-inputs")
             teacher_digest = inputs.outputs["teacher_digest"]
-            prep = cpu(preprocess(data_uri=data_uri, config=config,
-                                  source_fingerprint=inputs.outputs["source_fingerprint"]),
-                       cache=True).set_display_name("preprocess")
+            prep, _ = preprocess_step(cached_cpu, fanout, data_uri, config, cache_uri,
+                                      inputs.outputs["source_fingerprint"])
             adapt = gpu(adapt_teacher(dataset=prep.outputs["dataset"], teacher_uri=teacher_uri, config=config,
                                       cache_uri=cache_uri, teacher_digest=teacher_digest,
                                       tracking_uri=tracking_uri),
                         cache=True).set_display_name("teacher-adaptation")
-            labels = gpu(teacher_inference(dataset=prep.outputs["dataset"], teacher_uri=adapt.output, config=config,
-                                           cache_uri=cache_uri, teacher_digest=teacher_digest,
-                                           tracking_uri=tracking_uri),
-                         cache=True).set_display_name("teacher-inference")
+            labels = teacher_step(cpu, gpu, local, prep.outputs["dataset"], adapt.output, config, cache_uri,
+                                  teacher_digest, tracking_uri)
             # After the labels: a teacher that fails leaves no parent run behind.
             start = cpu(start_sweep(dataset=prep.outputs["dataset"], config=config, trials=trials,
                                     tracking_uri=tracking_uri, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
@@ -79,8 +83,8 @@ def make_sweep_pipeline(parallelism: int = CLUSTER_PARALLELISM, platform: Platfo
             with dsl.ParallelFor(start.output, parallelism=parallelism) as trial:
                 train = gpu(distill(dataset=prep.outputs["dataset"], soft_labels=labels.outputs["soft_labels"],
                                     config=trial.config, tracking_uri=tracking_uri, pipeline_run=trial.pipeline_run,
-                                    parent_run_id=trial.parent_run_id, run_name=trial.run_name)
-                            ).set_display_name("trial")
+                                    parent_run_id=trial.parent_run_id, run_name=trial.run_name),
+                            gpus=platform.distill_gpus if platform else None).set_display_name("trial")
             pick = cpu(select_trial(models=dsl.Collected(train.outputs["model"]),
                                     run_ids=dsl.Collected(train.outputs["run_id"]), sweep=start.output, trials=trials,
                                     tracking_uri=tracking_uri)).set_display_name("select-trial")

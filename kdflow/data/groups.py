@@ -24,15 +24,14 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
     from kdflow.config import DataConfig
-    from kdflow.data.split import Sample
+    from kdflow.data.split import SampleTable
 
 PHASH = "phash-dct-64/1"  # names the hash below; part of the split spec, so a change re-keys datasets
 _SIDE = 32  # the picture is area-resized to 32 x 32 grey ...
@@ -41,47 +40,58 @@ _LOW = 8  # ... and the 8 x 8 lowest DCT frequencies give the 64 bits
 
 @dataclass(frozen=True)
 class Grouping:
-    keys: list[str]  # per sample, in order: the key its split is drawn from
+    keys: np.ndarray  # bytes (utf-8) per sample, in order: the key its split is drawn from
     count: int  # number of distinct groups
     largest: int  # samples in the largest group
 
 
-def group_samples(samples: Sequence["Sample"], cfg: "DataConfig") -> Grouping:
-    """The group key of every sample under ``cfg.group_by``."""
+def group_samples(samples: "SampleTable", cfg: "DataConfig", hashes: np.ndarray | None = None) -> Grouping:
+    """The group key of every sample under ``cfg.group_by``; ``hashes`` (uint64 [M], the samples'
+    ``phash``, computed where the pixels were decoded) are needed for ``phash``."""
     if cfg.group_by == "phash":
-        keys = phash_keys(samples, cfg.group_distance)
+        if hashes is None:
+            raise ValueError("group_by phash needs the samples' perceptual hashes")
+        keys = phash_keys(samples, hashes, cfg.group_distance)
     elif cfg.group_by == "regex":
         keys = regex_keys(samples, cfg.group_pattern or "")
     else:
-        keys = [s.id for s in samples]
-    sizes = Counter(keys)
-    return Grouping(keys, len(sizes), max(sizes.values(), default=0))
+        keys = samples.ids
+    _, sizes = np.unique(keys, return_counts=True)
+    return Grouping(keys, len(sizes), int(sizes.max(initial=0)))
 
 
-def regex_keys(samples: Sequence["Sample"], pattern: str) -> list[str]:
+def regex_keys(samples: "SampleTable", pattern: str) -> np.ndarray:
     rx = re.compile(pattern)
     keys = []
-    for s in samples:
-        m = rx.search(s.rel)
+    for rel, sid in zip(samples.rels.tolist(), samples.ids.tolist()):
+        m = rx.search(rel.decode())
         text = (m.group(1) if rx.groups else m.group(0)) if m else None
         # "re:" keeps a captured text from ever equalling a content id (the key of an unmatched file).
-        keys.append(f"re:{text}" if text else s.id)
-    return keys
+        keys.append(f"re:{text}".encode() if text else sid)
+    return np.array(keys, dtype=bytes).reshape(len(keys))
 
 
-def phash_keys(samples: Sequence["Sample"], distance: int) -> list[str]:
-    if not samples:
-        return []
-    h, w = samples[0].image.shape[:2]
-    step = max(1, (1 << 22) // (h * w))  # ~100 MB of float64 grey per batch, whatever the image size
-    hashes = np.concatenate([phash(np.stack([s.image for s in samples[i : i + step]]))
-                             for i in range(0, len(samples), step)])
+def phash_keys(samples: "SampleTable", hashes: np.ndarray, distance: int) -> np.ndarray:
+    """Per sample: the smallest sample id of its near-duplicate component (its own id when alone)."""
+    if not len(samples):
+        return samples.ids
     labels = near_duplicate_labels(hashes, distance)
-    smallest: dict[int, str] = {}
-    for label, s in zip(labels.tolist(), samples):
-        if label not in smallest or s.id < smallest[label]:
-            smallest[label] = s.id
-    return [smallest[label] for label in labels.tolist()]
+    order = np.lexsort((samples.ids, labels))  # by component, then id: each component's first is its smallest
+    first = np.ones(len(order), bool)
+    first[1:] = labels[order][1:] != labels[order][:-1]
+    smallest = np.zeros(int(labels.max()) + 1, np.int64)  # component label -> its smallest sample
+    smallest[labels[order][first]] = order[first]
+    return samples.ids[smallest[labels]]
+
+
+def phash_batches(images: np.ndarray) -> np.ndarray:
+    """``phash`` of uint8 pictures [N, H, W, 3] a batch at a time: ~100 MB of float64 grey per
+    batch, whatever the image size."""
+    if not len(images):
+        return np.zeros(0, np.uint64)
+    h, w = images.shape[1:3]
+    step = max(1, (1 << 22) // (h * w))
+    return np.concatenate([phash(images[i:i + step]) for i in range(0, len(images), step)])
 
 
 # --- the perceptual hash ---------------------------------------------------------------------------

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
@@ -30,11 +29,11 @@ from kdflow.errors import DataError
 SPLITS = ("train", "val", "test")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """A file found in a class folder, before decoding."""
 
-    path: Path | str  # a local Path, or an s3:// URI (see kdflow.data.source.read_source_bytes)
+    path: Path | str  # a local path, or an s3:// URI (see kdflow.data.source.read_source_bytes)
     rel: str  # path relative to the dataset root, for reports
     label_name: str
     split: str | None  # predefined split, or None
@@ -166,8 +165,8 @@ def decode_one(c: Candidate, size: int, resize: str = "squash", data: bytes | No
 FETCH_THREADS = 16  # concurrent GETs per process when the files are S3 objects
 
 
-def _decode_chunk(args: tuple[list[Candidate], int, str]) -> list[Decoded]:
-    chunk, size, resize = args
+def decode_chunk(chunk: list[Candidate], size: int, resize: str = "squash") -> list[Decoded]:
+    """Decode a few hundred candidates, in order (preprocess holds one such chunk at a time)."""
     if any(not isinstance(c.path, Path) and is_remote(c.path) for c in chunk):
         # One S3 GET is a round trip of milliseconds: fetch a chunk's objects concurrently (in
         # order), then decode. Local files are read as they are decoded.
@@ -175,16 +174,3 @@ def _decode_chunk(args: tuple[list[Candidate], int, str]) -> list[Decoded]:
             blobs = list(pool.map(read_source_bytes, [c.path for c in chunk]))
         return [decode_one(c, size, resize, data) for c, data in zip(chunk, blobs)]
     return [decode_one(c, size, resize) for c in chunk]
-
-
-def decode_all(
-    candidates: list[Candidate], size: int, workers: int | None = None, resize: str = "squash"
-) -> list[Decoded]:
-    """Decode every candidate, in order; across processes when there are many."""
-    workers = workers or min(8, os.cpu_count() or 1)
-    step = 512
-    chunks = [(candidates[i : i + step], size, resize) for i in range(0, len(candidates), step)]
-    if workers <= 1 or len(candidates) < 2000:
-        return [d for chunk in chunks for d in _decode_chunk(chunk)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return [d for part in pool.map(_decode_chunk, chunks) for d in part]

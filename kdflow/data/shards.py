@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from kdflow import __version__
 from kdflow.digest import digest_of, pack_arrays, sha256_bytes, unpack_arrays
 from kdflow.errors import DataError
+from kdflow.data.stream import read_ahead, shard_cache
 from kdflow.storage import join, storage_for
 
 FORMAT = "kdflow.dataset/1"
@@ -105,22 +106,145 @@ class DatasetManifest:
     def count(self, split: str) -> int:
         return int(self.data["splits"][split]["count"])
 
-    def load_split(self, split: str) -> SplitArrays:
-        """Read and verify one split's shards (sha256 against the manifest)."""
+    def _shards(self, split: str) -> list[dict]:
         if split not in self.data["splits"]:
             raise DataError(f"dataset {self.root} has no split '{split}'", f"use one of {self.split_names()}")
-        store = storage_for(self.root)
-        parts = []
-        for shard in self.data["splits"][split]["shards"]:
-            raw = store.read_bytes(join(self.root, shard["file"]))
-            if sha256_bytes(raw) != shard["sha256"]:
-                raise DataError(
-                    f"shard {shard['file']} of {self.root} does not match its manifest digest",
-                    "the dataset was modified after preprocessing; re-run preprocess",
-                )
-            parts.append(unpack_arrays(raw))
+        return self.data["splits"][split]["shards"]
+
+    @property
+    def remote(self) -> bool:
+        """Whether the shards live in object storage (read through the local disk cache)."""
+        return "://" in self.root and not self.root.startswith("file://")
+
+    def shard_counts(self, split: str) -> list[int]:
+        """Rows in each of ``split``'s shards, in dataset order (from the manifest: nothing is read)."""
+        return [int(s["count"]) for s in self._shards(split)]
+
+    def _raw_shard(self, shard: dict) -> bytes:
+        """A shard's verified bytes; remote shards are downloaded once into the local disk cache."""
+        uri, digest = join(self.root, shard["file"]), shard["sha256"]
+        cache = shard_cache() if self.remote else None
+        if cache is not None and (raw := cache.get(digest)) is not None:
+            if sha256_bytes(raw) == digest:
+                return raw
+            cache.discard(digest)  # a damaged local copy: download again
+        raw = storage_for(self.root).read_bytes(uri)
+        if sha256_bytes(raw) != digest:
+            raise DataError(
+                f"shard {shard['file']} of {self.root} does not match its manifest digest",
+                "the dataset was modified after preprocessing; re-run preprocess",
+            )
+        if cache is not None:
+            cache.put(digest, raw)
+        return raw
+
+    def read_shard(self, split: str, index: int) -> SplitArrays:
+        """One shard of ``split``, verified against its manifest sha256."""
+        shards = self._shards(split)
+        if not 0 <= index < len(shards):
+            raise DataError(f"split '{split}' of {self.root} has {len(shards)} shards, not shard {index}",
+                            f"use a shard index in [0, {len(shards)})")
+        arrays = unpack_arrays(self._raw_shard(shards[index]))
+        return SplitArrays(arrays["images"], arrays["labels"].astype(np.int64), arrays["ids"])
+
+    def iter_shards(self, split: str, start: int = 0, order: Sequence[int] | None = None,
+                    prefetch: int = 2) -> Iterator[SplitArrays]:
+        """The shards ``order[start:]`` (default: every shard in dataset order), each verified, read by a
+        background thread up to ``prefetch`` shards ahead of the consumer (at most ``prefetch`` + 2
+        decoded shards alive at once). A shard that fails to read or verify raises its error here, at
+        that shard; breaking out of the loop stops the thread."""
+        order = list(range(len(self._shards(split)))) if order is None else [int(i) for i in order]
+        return read_ahead(order[start:], lambda i: self.read_shard(split, i), prefetch)
+
+    def load_split(self, split: str) -> SplitArrays:
+        """Read and verify one split's shards (sha256 against the manifest), whole: for small splits;
+        large ones are read with ``iter_shards``."""
+        parts = [self.read_shard(split, i) for i in range(len(self._shards(split)))]
+        if not parts:
+            raise DataError(f"split '{split}' of {self.root} has no shards", "re-run preprocess")
         return SplitArrays(
-            images=np.concatenate([p["images"] for p in parts]),
-            labels=np.concatenate([p["labels"] for p in parts]).astype(np.int64),
-            ids=np.concatenate([p["ids"] for p in parts]),
+            images=np.concatenate([p.images for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]).astype(np.int64),
+            ids=np.concatenate([p.ids for p in parts]),
         )
+
+
+class ShardWriter:
+    """Writes one split's ``<split>-NNNNN.npz`` shards as rows arrive, holding at most one shard.
+
+    The bytes (and so the manifest entries) are exactly those ``write_split_shards`` writes for the
+    same rows: a split of N rows in shards of ``shard_size``, and one empty shard for an empty split.
+    Each shard is packed straight into its zip buffer (no separate .npy copy of the rows), so a
+    flush costs the shard buffer plus one packed copy.
+    """
+
+    def __init__(self, root: str, split: str, shard_size: int, image_shape: tuple[int, ...]):
+        self.root, self.split, self.shard_size = root, split, shard_size
+        self.store = storage_for(root)
+        self.images = np.zeros((shard_size, *image_shape), np.uint8)  # [shard_size, H, W, 3], reused
+        self.labels = np.zeros(shard_size, np.int64)
+        self.ids = np.zeros(shard_size, "<U16")
+        self.filled = 0
+        self.entries: list[dict] = []
+
+    def add(self, images: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> None:
+        """Append rows (uint8 [n, H, W, 3], int [n], str [n]); full shards are written at once."""
+        done = 0
+        while done < len(labels):
+            take = min(self.shard_size - self.filled, len(labels) - done)
+            sl = slice(self.filled, self.filled + take)
+            self.images[sl] = images[done:done + take]
+            self.labels[sl] = labels[done:done + take]
+            self.ids[sl] = ids[done:done + take]
+            self.filled += take
+            done += take
+            if self.filled == self.shard_size:
+                self._flush()
+
+    def close(self) -> list[dict]:
+        """Write the last, partial shard (or the empty shard of an empty split); returns the entries."""
+        if self.filled or not self.entries:
+            self._flush()
+        self.images = self.labels = self.ids = None  # free the buffer
+        return self.entries
+
+    def _flush(self) -> None:
+        n = self.filled
+        data = _pack_stored({"images": self.images[:n], "labels": self.labels[:n], "ids": self.ids[:n]})
+        name = f"{self.split}-{len(self.entries):05d}.npz"
+        self.store.write_bytes(join(self.root, name), data)
+        self.entries.append({"file": name, "count": n, "sha256": sha256_bytes(data)})
+        self.filled = 0
+
+
+class _Counter:
+    """A write-only sink that only counts bytes: the length of an .npy entry before writing it."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def write(self, b) -> int:
+        self.n += len(memoryview(b).cast("B"))
+        return self.n
+
+
+def _pack_stored(arrays: dict[str, np.ndarray]) -> bytes:
+    """``kdflow.digest.pack_arrays``'s exact bytes, with each .npy streamed into the zip (zipfile's
+    ``writestr`` is ``open(info, 'w')`` with the size set first, which is what this does)."""
+    import io
+    import zipfile
+
+    from kdflow.digest import _EPOCH
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            arr = np.ascontiguousarray(arrays[name])
+            size = _Counter()
+            np.lib.format.write_array(size, arr, allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH)
+            info.external_attr = 0o644 << 16
+            info.file_size = size.n
+            with zf.open(info, mode="w") as dest:
+                np.lib.format.write_array(dest, arr, allow_pickle=False)
+    return buf.getvalue()

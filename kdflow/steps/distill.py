@@ -22,7 +22,8 @@ from kdflow.softlabels.cache import SoftLabelCache
 from kdflow.softlabels.ref import SoftLabelRef
 from kdflow.tracking import Tag
 from kdflow.storage import join, storage_for
-from kdflow.training.batches import ArrayBatches, to_float_images
+from kdflow.training.streaming import make_batches, shard_soft_labels
+from kdflow.training import distributed, launch
 from kdflow.training.device import resolve_device
 from kdflow.training.trainer import fit, predict
 
@@ -63,29 +64,54 @@ def run_distillation(
     """Train the student; write ``student.pt`` to ``out_dir``; log the run and model to MLflow.
 
     ``parent_run_id`` makes the run a child of that MLflow run (a sweep's trials); ``run_name``
-    defaults to ``<method>-<student arch>``.
+    defaults to ``<method>-<student arch>``. With ``train.processes`` > 1 it runs under torchrun
+    (DistributedDataParallel), one process per GPU of the task.
     """
+    setup_logging()
+    cfg = Config.from_yaml(config_yaml)
+    if cfg.train.processes > 1 and not distributed.is_torchrun_worker():
+        # One task, N GPUs: the same call runs again in N torchrun workers; rank 0's result is the step's.
+        launch.check_gpus(cfg.train.processes, resolve_device(cfg.train.device))
+        return launch.distributed_call(cfg.train.processes, "kdflow.steps.distill:run_distillation", dict(
+            dataset_dir=dataset_dir, softlabels_dir=softlabels_dir, config_yaml=config_yaml, out_dir=out_dir,
+            tracking_uri=tracking_uri, pipeline_run=pipeline_run, parent_run_id=parent_run_id,
+            run_name=run_name, teacher_input_digest=teacher_input_digest))
+    ctx = distributed.init(resolve_device(cfg.train.device))
+    try:
+        return _distill(ctx, cfg, dataset_dir, softlabels_dir, out_dir, tracking_uri, pipeline_run, parent_run_id,
+                        run_name, teacher_input_digest)
+    finally:
+        distributed.destroy(ctx)
+
+
+def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softlabels_dir: str, out_dir: str,
+             tracking_uri: str | None, pipeline_run: str, parent_run_id: str, run_name: str,
+             teacher_input_digest: str) -> dict:
+    """One process's part: every rank trains on its slice of each batch; rank 0 alone validates,
+    logs to MLflow and writes the student (DDP keeps the weights equal on every rank)."""
     import mlflow
 
     from kdflow import tracking
 
-    setup_logging()
-    cfg = Config.from_yaml(config_yaml)
     dataset = DatasetManifest.open(dataset_dir)
     ref = SoftLabelRef.load(softlabels_dir)
-    device = resolve_device(cfg.train.device)
+    device = ctx.device
     if cfg.replays_cache() and ref.views != cfg.cached_views():
         raise CacheError(f"the soft labels hold {ref.views} augmented view(s) but this config replays "
                          f"{cfg.cached_views()}", "run teacher inference and distillation with the same config")
 
-    train_arrays = dataset.load_split("train")
-    val_arrays = dataset.load_split("val") if dataset.count("val") else None
     cache = SoftLabelCache(ref.cache_uri)
-    # Offline methods replay the cached views (or the plain view when the run does not augment).
-    soft_train = (cache.load_split(ref.cache_key, "train", train_arrays.ids, augmented=ref.views > 0)
+    # Offline methods replay the cached views (or the plain view when the run does not augment),
+    # loaded per dataset shard: with the split when it is resident, with each shard when streaming.
+    soft_train = (shard_soft_labels(cache, ref.cache_key, "train", augmented=ref.views > 0)
                   if cfg.replays_cache() else None)
-    # Validation agreement with the teacher is reported for every method, the baseline included.
-    soft_val = cache.load_split(ref.cache_key, "val", val_arrays.ids) if val_arrays is not None else None
+    train = make_batches(dataset, "train", cfg.train.batch_size, device, soft=soft_train,
+                         augmentation=cfg.augment, resident=cfg.train.resident)
+    val = (make_batches(dataset, "val", cfg.teacher.batch_size, device, resident=cfg.train.resident)
+           if dataset.count("val") and ctx.is_main else None)
+    # Validation agreement with the teacher is reported for every method, the baseline included
+    # (the teacher's top-1 only: [N_val] ints).
+    teacher_val_top1 = cache.load_split(ref.cache_key, "val", val.ids).top1() if val is not None else None
     tracking_uri = tracking.use_tracking(tracking_uri)  # before a models:/ teacher is looked up
     teacher = None
     if cfg.teacher_mode() == "online":
@@ -94,18 +120,15 @@ def run_distillation(
 
     torch.manual_seed(cfg.train.seed)  # the student's initial weights depend on the seed alone
     student = Classifier(create_model(cfg.student.arch, dataset.num_classes), dataset.mean, dataset.std)
-    example = to_float_images(torch.from_numpy(train_arrays.images[:2]))  # float [2, 3, H, W] on the CPU
+    example = train.example(2).cpu()  # float [2, 3, H, W]
     distiller = build_distiller(cfg.distill.method, student, teacher, cfg.distill.options)
     if distiller.teacher_layers() and is_compiled(teacher):
         # Hooks do not fire inside TorchScript or exported code: read the features of an eager copy.
         teacher = eager_twin(teacher, cfg.teacher.arch, dataset.num_classes, example, ref.teacher_uri)
         distiller = build_distiller(cfg.distill.method, student, teacher, cfg.distill.options)
-    train = ArrayBatches(train_arrays, cfg.train.batch_size, device, soft_train, cfg.augment)
     # Before the MLflow run starts: a layer that does not exist or cannot be connected fails here,
     # leaving no run behind (fit() calls it again; it builds what it builds once).
     distiller.to(device).prepare(train.example())
-    val = ArrayBatches(val_arrays, cfg.teacher.batch_size, device) if val_arrays is not None else None
-    teacher_val_top1 = soft_val.top1() if soft_val is not None else None
 
     def validate() -> dict[str, float]:
         pred = predict(student, val).argmax(-1)
@@ -114,6 +137,9 @@ def run_distillation(
             out["val_agreement"] = accuracy(pred, teacher_val_top1)
         return out
 
+    if not ctx.is_main:
+        fit(distiller, train, cfg.train, checkpoint_dir=str(Path(out_dir) / "checkpoints"), dist=ctx)
+        return {}
     exp = tracking.experiment_id(cfg.registry.experiment, tracking_uri)
     with mlflow.start_run(experiment_id=exp, run_name=run_name or f"{cfg.distill.method}-{cfg.student.arch}",
                           parent_run_id=parent_run_id or None) as run:
@@ -122,12 +148,13 @@ def run_distillation(
                            Tag.METHOD: cfg.distill.method,
                            Tag.STUDENT_ARCH: cfg.student.arch, Tag.DEVICE: str(device),
                            Tag.TEACHER_MODE: cfg.teacher_mode(),
-                           Tag.VIEWS: ref.views})
+                           Tag.VIEWS: ref.views, Tag.PROCESSES: ctx.world})
         final = fit(
             distiller, train, cfg.train,
             validate=validate if val is not None else None,
             on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch),
             checkpoint_dir=str(Path(out_dir) / "checkpoints"),
+            dist=ctx,
         )
         student = student.cpu().eval()
         student_uri = join(out_dir, STUDENT_FILE)

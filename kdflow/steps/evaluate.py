@@ -26,6 +26,7 @@ from kdflow.softlabels.cache import SoftLabelCache
 from kdflow.softlabels.ref import SoftLabelRef
 from kdflow.steps.distill import STUDENT_FILE
 from kdflow.training.batches import ArrayBatches, to_float_images
+from kdflow.training.streaming import make_batches
 from kdflow.training.device import resolve_device
 from kdflow.tracking import Tag
 from kdflow.training.trainer import predict
@@ -38,12 +39,35 @@ EXPORT_DIR = "export"  # run artifact folder of the serving exports
 EXPORT_CHECK_IMAGES = 64  # test images each export is checked on
 
 
-def _sample(split: SplitArrays, n: int, seed: int) -> SplitArrays:
-    """``n`` rows of ``split`` drawn without replacement (all of it when it has no more)."""
-    if len(split) <= n:
-        return split
-    rows = np.sort(np.random.default_rng(seed).choice(len(split), n, replace=False))
-    return SplitArrays(split.images[rows], split.labels[rows], split.ids[rows])
+def _sample_rows(count: int, n: int, seed: int) -> np.ndarray:
+    """``n`` of ``count`` rows drawn without replacement, sorted (all of them when there are no more)."""
+    if count <= n:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, n, replace=False))
+
+
+def _read_rows(dataset: DatasetManifest, split: str, rows: np.ndarray) -> SplitArrays:
+    """Rows ``rows`` (sorted) of ``split``, reading only the shards that hold them."""
+    starts = np.concatenate([[0], np.cumsum(dataset.shard_counts(split))])
+    which = np.searchsorted(starts, rows, side="right") - 1  # the shard of each row
+    parts = []
+    for shard in np.unique(which):
+        arrays = dataset.read_shard(split, int(shard))
+        local = rows[which == shard] - starts[shard]
+        parts.append(SplitArrays(arrays.images[local], arrays.labels[local], arrays.ids[local]))
+    return SplitArrays(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
+                       np.concatenate([p.ids for p in parts]))
+
+
+def _first_images(dataset: DatasetManifest, split: str, n: int) -> np.ndarray:
+    """The first ``n`` images of ``split``: uint8 [n, H, W, 3], reading only the shards needed."""
+    parts, have = [], 0
+    for shard in dataset.iter_shards(split, prefetch=0):
+        parts.append(shard.images[: n - have])
+        have += len(parts[-1])
+        if have >= n:
+            break
+    return np.concatenate(parts)
 
 
 def _champion(cfg: Config, tracking_uri: str | None):
@@ -66,33 +90,35 @@ def measure(cfg: Config, dataset: DatasetManifest, ref: SoftLabelRef, student: t
             teacher: torch.nn.Module | None, export_dir: Path) -> tuple[dict, Predictions]:
     """All measurements of ``student`` (see evaluation/suite.py) and its per-sample test predictions."""
     ev, device = cfg.evaluate, resolve_device(cfg.train.device)
-    test = dataset.load_split("test")
-    labels = torch.from_numpy(test.labels).long()
-    soft = SoftLabelCache(ref.cache_uri).load_split(ref.cache_key, "test", test.ids)
+    # The test split whole on the device when it fits, else streamed: only logits [N, C], labels
+    # and ids are kept for every row.
+    test = make_batches(dataset, "test", cfg.teacher.batch_size, device, resident=cfg.train.resident)
+    student = student.to(device).eval()
+    logits = predict(student, test)  # [N, C] on the CPU
+    labels, test_ids = test.labels.cpu().long(), test.ids  # after predict: a streamed split has read them
+    soft = SoftLabelCache(ref.cache_uri).load_split(ref.cache_key, "test", test_ids)
     order = soft.values[:, 0].argsort(-1, descending=True)  # [N, k]: the cached classes, best first
     teacher_topk = soft.index[:, 0].gather(-1, order).long()
-    student = student.to(device).eval()
-    logits = predict(student, ArrayBatches(test, cfg.teacher.batch_size, device))  # [N, C] on the CPU
 
     report = {"confidence": ev.confidence,
               "accuracy": suite.accuracy_section(logits, teacher_topk[:, 0], teacher_topk, labels,
                                                  dataset.class_names, ev),
               "calibration": suite.calibration_section(logits, labels, ev)}
     # Privacy: as many training members as held-out test images (the attack's prior is then 1/2).
+    # Only the shards holding the sampled members are read.
     n = min(ev.privacy_samples, dataset.count("train"), len(test))
     if n >= 2:
-        members = _sample(dataset.load_split("train"), n, ev.seed)
-        held_out = _sample(test, n, ev.seed + 1)
-        rows = np.flatnonzero(np.isin(test.ids, held_out.ids))
+        members = _read_rows(dataset, "train", _sample_rows(dataset.count("train"), n, ev.seed))
+        rows = _sample_rows(len(test), n, ev.seed + 1)
         report["privacy"] = suite.privacy_section(
             predict(student, ArrayBatches(members, cfg.teacher.batch_size, device)),
             torch.from_numpy(members.labels).long(), logits[rows], labels[rows], ev)
     shape = (3, dataset.image_size, dataset.image_size)
     student_cpu = student.cpu()
     report["cost"] = suite.cost_section(student_cpu, teacher, shape, ev)
-    check_images = to_float_images(torch.from_numpy(test.images[:EXPORT_CHECK_IMAGES]))
+    check_images = to_float_images(torch.from_numpy(_first_images(dataset, "test", EXPORT_CHECK_IMAGES)))
     report["exports"] = suite.export_section(student_cpu, check_images, export_dir, ev)
-    preds = Predictions(test.ids, test.labels.astype(np.int64), logits.argmax(-1).numpy().astype(np.int64),
+    preds = Predictions(test_ids, labels.numpy().astype(np.int64), logits.argmax(-1).numpy().astype(np.int64),
                         dataset.fingerprint, tuple(dataset.class_names))
     return report, preds
 

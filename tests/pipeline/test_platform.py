@@ -12,7 +12,7 @@ from kdflow.platform import Platform
 
 pytestmark = pytest.mark.pipeline
 
-GPU_STEPS = {"adapt-teacher", "teacher-inference", "distill"}
+GPU_STEPS = {"adapt-teacher", "teacher-plan", "teacher-part", "distill"}
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "platform.yaml")
 # Credentials the compiling machine has, under the names the steps read: none may reach the spec.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIA-MARKER-1", "AWS_SECRET_ACCESS_KEY": "secret-marker-2",
@@ -98,14 +98,18 @@ def test_images_are_pinned_to_the_package_version(example):
 
 
 def test_only_content_keyed_steps_cache(example):
-    """preprocess, teacher adaptation and inference cache, keyed by content digests as parameters."""
+    """The preprocess parts and assembly and teacher adaptation cache, keyed by content digests as
+    parameters. The preprocess plan lists the folder; teacher inference relies on the soft-label
+    cache's own content keys (a cached commit could point at an entry deleted since)."""
     _, spec, _ = example
     tasks = _all_tasks(spec)
     cached = {name for name, t in tasks.items() if t.get("cachingOptions", {}).get("enableCache")}
-    assert cached == {"preprocess", "adapt-teacher", "teacher-inference"}
-    source = tasks["preprocess"]["inputs"]["parameters"]["source_fingerprint"]["taskOutputParameter"]
+    assert cached == {"preprocess-part", "preprocess-assemble", "adapt-teacher"}
+    source = tasks["preprocess-fanout"]["inputs"]["parameters"]["source_fingerprint"]["taskOutputParameter"]
     assert source == {"outputParameterKey": "source_fingerprint", "producerTask": "fingerprint-inputs"}
-    for step in ("adapt-teacher", "teacher-inference"):
+    for step in ("preprocess-part", "preprocess-assemble"):
+        assert "source_fingerprint" in tasks[step]["inputs"]["parameters"]
+    for step in ("adapt-teacher", "teacher-plan", "teacher-commit"):
         digest = tasks[step]["inputs"]["parameters"]["teacher_digest"]
         assert digest["componentInputParameter"] == "pipelinechannel--fingerprint-inputs-teacher_digest"
 
@@ -150,3 +154,43 @@ def _all_tasks(spec):
 
 def _tasks_with(spec, key):
     return {name: t[key] for name, t in _all_tasks(spec).items() if key in t}
+
+
+def test_distill_gpus_ask_for_that_many_gpus_on_the_distillation_task_only(tmp_path):
+    """``distill_gpus: 4`` (with ``train.processes: 4``): the student-distillation task asks for four
+    GPUs and trains under torchrun; every other GPU task keeps ``gpus_per_step``."""
+    platform = Platform.load(EXAMPLE)
+    doc = yaml.safe_load(platform.to_yaml())
+    doc["distill_gpus"] = 4
+    path = tmp_path / "platform.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    _, spec, _ = _compile(tmp_path, str(path))
+    counts = {name[len("exec-"):]: ex["container"]["resources"]["accelerator"]["resourceCount"]
+              for name, ex in spec["deploymentSpec"]["executors"].items()
+              if "accelerator" in ex["container"].get("resources", {})}
+    assert counts.pop("distill") == "4"
+    assert counts and set(counts.values()) == {"1"}
+
+
+def test_distill_gpus_below_one_is_refused():
+    with pytest.raises(ConfigError, match="distill_gpus"):
+        Platform(distill_gpus=0)
+
+
+def test_distill_nodes_submit_the_distillation_as_a_trainer_job(tmp_path):
+    """``distill_nodes: 2``: the distillation task is the CPU pod that submits a TrainJob of 2 nodes x
+    ``distill_gpus`` and waits; it asks for no GPU itself."""
+    doc = yaml.safe_load(Platform.load(EXAMPLE).to_yaml())
+    doc.update(distill_nodes=2, distill_gpus=8)
+    path = tmp_path / "platform.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    _, spec, _ = _compile(tmp_path, str(path))
+    executors = spec["deploymentSpec"]["executors"]
+    assert "exec-distill" not in executors
+    job = executors["exec-distill-trainjob"]["container"]
+    assert "accelerator" not in job.get("resources", {})
+    task = next(t for t in _all_tasks(spec).values() if t["componentRef"]["name"] == "comp-distill-trainjob")
+    params = task["inputs"]["parameters"]
+    assert params["num_nodes"]["runtimeValue"]["constant"] == 2
+    assert params["gpus_per_node"]["runtimeValue"]["constant"] == 8
+    assert "distill_nodes: 2" in params["platform"]["runtimeValue"]["constant"]

@@ -4,7 +4,6 @@ records every request, so these tests assert what a real cluster would receive."
 
 from __future__ import annotations
 
-import json
 import sys
 from unittest import mock
 
@@ -423,11 +422,11 @@ def test_no_cache_turns_caching_off_in_the_version_the_run_is_pinned_to(cluster,
     assert "pipeline_spec" not in request.body  # the run takes its caching from the pinned version's spec
     if no_cache:
         # kfp's enable_caching=False rewrites only an inline spec: the uploaded one says it, in every DAG
-        assert "teacher-inference" in caching and all(c == {"enableCache": False} for c in caching.values())
+        assert "teacher-part" in caching and all(c == {"enableCache": False} for c in caching.values())
         assert "step caching off" in err
     else:  # the compiled caching options, untouched
-        assert caching["teacher-inference"] == caching["preprocess"] == {"enableCache": True}
-        assert caching["distill"] == {}
+        assert caching["preprocess-assemble"] == caching["adapt-teacher"] == {"enableCache": True}
+        assert caching["distill"] == caching["teacher-commit"] == {}
 
 
 def test_a_schedule_refuses_no_cache_which_would_hold_for_every_run(cluster, compiles, capsys):

@@ -23,8 +23,13 @@ def _body(spec):
     return spec["components"][handler["componentRef"]["name"]]["dag"]["tasks"]
 
 
-def _loop(spec):
-    loops = {name: t for name, t in _body(spec).items() if "parameterIterator" in t}
+def _inner(spec, task):
+    return spec["components"][task["componentRef"]["name"]]["dag"]["tasks"]
+
+
+def _loop(spec, step="distill"):
+    """The loop (name, task) whose body is ``step``: the trials (distill) or the teacher's parts."""
+    loops = {name: t for name, t in _body(spec).items() if "parameterIterator" in t and step in _inner(spec, t)}
     assert len(loops) == 1
     return next(iter(loops.items()))
 
@@ -48,14 +53,19 @@ def test_a_failed_sweep_is_closed_by_an_exit_task(spec):
 def test_teacher_labels_once_then_the_trials_fan_out(spec):
     tasks = _body(spec)
     loop_name, loop = _loop(spec)
-    assert set(tasks) == {"fingerprint-inputs", "preprocess", "adapt-teacher", "teacher-inference", "start-sweep",
-                          loop_name,
-                          "select-trial", "evaluate", _condition(tasks)}
-    # The loop iterates over start-sweep's items, after the one teacher-inference task.
+    parts_name, parts = _loop(spec, "teacher-part")
+    assert set(tasks) == {"fingerprint-inputs", "preprocess-fanout", "adapt-teacher", "teacher-plan", parts_name,
+                          "teacher-commit", "start-sweep", loop_name, "select-trial", "evaluate", _condition(tasks)}
+    # The teacher labels once, fanned out: plan -> parts -> commit.
+    assert parts["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--teacher-plan-Output"
+    assert "teacher-plan" in parts["dependentTasks"] and parts_name in tasks["teacher-commit"]["dependentTasks"]
+    part = _inner(spec, parts)["teacher-part"]["inputs"]["parameters"]
+    assert part["teacher_uri"]["parameterExpressionSelector"] == 'parseJson(string_value)["teacher_uri"]'
+    # The trials loop iterates over start-sweep's items, after the commit.
     iterator = loop["parameterIterator"]
     assert iterator["items"]["inputParameter"] == "pipelinechannel--start-sweep-Output"
-    assert set(loop["dependentTasks"]) == {"preprocess", "teacher-inference", "start-sweep"}
-    assert "teacher-inference" in tasks["start-sweep"]["dependentTasks"]
+    assert set(loop["dependentTasks"]) == {"preprocess-fanout", "teacher-commit", "start-sweep"}
+    assert "teacher-commit" in tasks["start-sweep"]["dependentTasks"]
     assert loop["iteratorPolicy"]["parallelismLimit"] == CLUSTER_PARALLELISM
     inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
     assert list(inner) == ["distill"]
@@ -63,15 +73,16 @@ def test_teacher_labels_once_then_the_trials_fan_out(spec):
     for name, field in (("config", "config"), ("parent_run_id", "parent_run_id"), ("run_name", "run_name")):
         assert params[name]["parameterExpressionSelector"] == f'parseJson(string_value)["{field}"]'
     artifacts = inner["distill"]["inputs"]["artifacts"]
-    assert artifacts["soft_labels"]["componentInputArtifact"] == "pipelinechannel--teacher-inference-soft_labels"
+    assert artifacts["soft_labels"]["componentInputArtifact"] == "pipelinechannel--teacher-commit-soft_labels"
 
 
 def test_trials_request_a_gpu(spec):
     executors = spec["deploymentSpec"]["executors"]
-    for name in ("exec-distill", "exec-teacher-inference", "exec-adapt-teacher"):
+    for name in ("exec-distill", "exec-teacher-plan", "exec-teacher-part", "exec-adapt-teacher"):
         acc = executors[name]["container"]["resources"]["accelerator"]
         assert acc["resourceType"] == "nvidia.com/gpu" and acc["resourceCount"] == "1"
-    for name in ("exec-start-sweep", "exec-select-trial", "exec-evaluate", "exec-register"):
+    for name in ("exec-start-sweep", "exec-select-trial", "exec-evaluate", "exec-register", "exec-teacher-commit",
+                 "exec-preprocess-part"):
         assert "accelerator" not in executors[name]["container"].get("resources", {})
 
 

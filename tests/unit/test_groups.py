@@ -9,7 +9,7 @@ from PIL import Image
 from kdflow.config import Config, DataConfig
 from kdflow.data.groups import band_plan, close_pairs, near_duplicate_labels, phash, popcount, regex_keys
 from kdflow.data.preprocess import preprocess
-from kdflow.data.split import Sample
+from kdflow.data.split import SampleTable
 from kdflow.errors import ConfigError
 from kdflow.steps.preprocess import run_preprocess
 from tests.helpers import make_image_folder, png_bytes
@@ -166,19 +166,22 @@ def test_regex_groups_by_the_captured_text(tmp_path):
 
 
 def test_regex_key_is_the_first_group_else_the_whole_match():
-    pixel = np.zeros((1, 1, 3), np.uint8)
-    samples = [Sample(f"{i:016x}", 0, pixel, None, rel) for i, rel in
-               enumerate(["a/x_1.png", "a/x_2.png", "b/x_1.png", "a/y.png", "a/_3.png"])]
-    assert regex_keys(samples, r"(\w)_\d") == ["re:x", "re:x", "re:x", samples[3].id, samples[4].id]
-    assert regex_keys(samples, r"[ab]/x") == ["re:a/x", "re:a/x", "re:b/x", samples[3].id, samples[4].id]
+    rels = ["a/x_1.png", "a/x_2.png", "b/x_1.png", "a/y.png", "a/_3.png"]
+    samples = SampleTable.build([f"{i:016x}" for i in range(5)], [0] * 5, rels=rels)
+
+    def keys(pattern):
+        return [k.decode() for k in regex_keys(samples, pattern)]
+
+    assert keys(r"(\w)_\d") == ["re:x", "re:x", "re:x", samples.id(3), samples.id(4)]
+    assert keys(r"[ab]/x") == ["re:a/x", "re:a/x", "re:b/x", samples.id(3), samples.id(4)]
     # An empty capture names no group: the file stays on its own.
-    assert regex_keys(samples, r"/(\w*)_")[:2] == ["re:x", "re:x"] and regex_keys(samples, r"/(\w*)_")[4] == samples[4].id
+    assert keys(r"/(\w*)_")[:2] == ["re:x", "re:x"] and keys(r"/(\w*)_")[4] == samples.id(4)
 
 
 def test_group_count_reaches_the_step_result_and_the_fingerprint_follows_the_setting(tmp_path):
     root = make_image_folder(tmp_path / "d", per_class=10)
     result = run_preprocess(str(root), "data: {image_size: 8, group_by: phash}", str(tmp_path / "a"))
-    assert result["groups"] == 30 and result["counts"]["train"] + result["counts"]["val"] + result["counts"]["test"] == 30
+    assert result["groups"] == 30 and sum(result["counts"][s] for s in ("train", "val", "test")) == 30
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     plain = run_preprocess(str(root), "data: {image_size: 8}", str(tmp_path / "b"))
     # The same 30 singleton groups and splits, but the spec names the grouping: another fingerprint.

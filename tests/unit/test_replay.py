@@ -66,9 +66,10 @@ def test_replayed_views_are_pixel_identical_to_what_the_teacher_labelled(labelle
             for picture in batch["image"]:
                 assert _digest(picture) in seen  # bit for bit one of the teacher's augmented pictures
                 shown += 1
-            # ...and paired with the teacher's labels of that very picture (full rows: k >= C).
+            # ...and paired with the teacher's labels of that very picture (full rows: k >= C, stored
+            # as float16 gaps from the top-1 logit, so equal to float16 precision).
             with torch.no_grad():
-                assert torch.allclose(batch["teacher_soft"].logits(), teacher(batch["image"]), atol=1e-5)
+                assert torch.allclose(batch["teacher_soft"].logits(), teacher(batch["image"]), atol=2e-3)
     assert shown == 3 * batches.steps_per_epoch() * cfg.train.batch_size
 
 
@@ -84,8 +85,9 @@ def test_each_epoch_replays_another_view(labelled):
 
 
 def test_offline_kd_equals_online_kd_on_the_same_views(labelled):
-    """At full k (3 classes, k = 10) the cache holds the teacher's exact fp32 logits: the loss and
-    every gradient must match the teacher run online on the same pictures."""
+    """At full k (3 classes, k = 10) the cache holds the teacher's whole logit rows (float16 gaps from
+    the top-1, see kdflow.softlabels.codec): the loss and every gradient must match the teacher run
+    online on the same pictures to that precision."""
     cfg, batches, _, teacher = labelled
     torch.manual_seed(1)
     student = Classifier(create_model("convnet_xs", 3), (0.5,) * 3, (0.25,) * 3)
@@ -98,10 +100,10 @@ def test_offline_kd_equals_online_kd_on_the_same_views(labelled):
         online_batch = {k: v for k, v in batch.items() if k != "teacher_soft"}
         online = distiller(online_batch)
         g_on = torch.autograd.grad(online["loss"], list(student.parameters()))
-        assert online["kd"].item() == pytest.approx(offline["kd"].item(), rel=1e-5, abs=1e-7)
-        assert online["loss"].item() == pytest.approx(offline["loss"].item(), rel=1e-5)
+        assert online["kd"].item() == pytest.approx(offline["kd"].item(), rel=1e-3, abs=1e-7)
+        assert online["loss"].item() == pytest.approx(offline["loss"].item(), rel=1e-3)
         for a, b in zip(g_off, g_on, strict=True):
-            assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+            assert torch.allclose(a, b, rtol=1e-2, atol=1e-5)
         compared += 1
     assert compared == batches.steps_per_epoch()
 

@@ -140,3 +140,110 @@ def test_the_step_loop_does_not_wait_for_the_device(monkeypatch):
         many, many_steps = reads_for(15, method)
         assert many_steps >= 5 * few_steps
         assert many == few, f"{method}: {few} reads in {few_steps} steps, {many} in {many_steps}"
+
+
+def _train_aug(cfg, checkpoint_dir=None):
+    """Cross-entropy with fresh augmented views (they depend on the step: a resume must redraw them)."""
+    from kdflow.config import AugmentConfig
+
+    torch.manual_seed(0)
+    student = Classifier(create_model("convnet_xs", 3), (0.5,) * 3, (0.25,) * 3)
+    distiller = build_distiller("ce", student, None, get_distiller_class("ce").Options())
+    batches = ArrayBatches(_arrays(), cfg.batch_size, torch.device("cpu"),
+                           augmentation=AugmentConfig(crop="pad", padding=2, flip=True))
+    history = {}  # epoch -> its metrics
+    fit(distiller, batches, cfg, checkpoint_dir=checkpoint_dir, on_epoch=history.__setitem__)
+    return student, history
+
+
+def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    """36 samples, batch 8: 4 steps an epoch, a checkpoint every 2. The run dies at the 7th optimizer
+    step (epoch 1, step 2), after the checkpoint at epoch 1, step 2: the resumed run redoes that
+    step from the checkpoint and ends with the same weights and the same epoch sums."""
+    import kdflow.training.trainer as trainer
+
+    cfg = dataclasses.replace(CFG, checkpoint_every_steps=2)
+    straight, straight_history = _train_aug(cfg)
+
+    real_make, real_save, saved = trainer.make_optimizer, trainer._save, []
+
+    def dying_optimizer(params, train_cfg):
+        opt = real_make(params, train_cfg)
+        calls = {"n": 0}
+
+        def before_step(*_):
+            calls["n"] += 1
+            if calls["n"] == 7:
+                raise KeyboardInterrupt("preempted")
+
+        opt.register_step_pre_hook(before_step)
+        return opt
+
+    def recording_save(uri, state):
+        saved.append((state["epoch"], state["step"]))
+        real_save(uri, state)
+
+    monkeypatch.setattr(trainer, "make_optimizer", dying_optimizer)
+    monkeypatch.setattr(trainer, "_save", recording_save)
+    with pytest.raises(KeyboardInterrupt):
+        _train_aug(cfg, checkpoint_dir=str(tmp_path))
+    assert saved == [(-1, 2), (0, 0), (0, 2)]  # mid-epoch 0, end of epoch 0, mid-epoch 1
+    monkeypatch.setattr(trainer, "make_optimizer", real_make)
+    resumed, resumed_history = _train_aug(cfg, checkpoint_dir=str(tmp_path))
+    assert saved[3:] == [(1, 0), (1, 2), (2, 0)]  # resumed at epoch 1, step 2
+    for (name, pa), (_, pb) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(pa, pb), name
+    # Epoch 1's sums: 2 steps from the checkpoint, 2 after the resume (to float64 rounding).
+    assert sorted(resumed_history) == [1, 2]
+    for epoch in (1, 2):
+        assert resumed_history[epoch] == pytest.approx(straight_history[epoch], rel=1e-12), epoch
+
+
+def test_old_checkpoints_without_a_step_resume_at_the_next_epoch(tmp_path, monkeypatch):
+    import kdflow.training.trainer as trainer
+
+    real_save = trainer._save
+
+    def old_format_then_die(uri, state):
+        del state["step"], state["partial"]
+        real_save(uri, state)
+        raise KeyboardInterrupt("preempted")
+
+    monkeypatch.setattr(trainer, "_save", old_format_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _train(CFG, checkpoint_dir=str(tmp_path))
+    monkeypatch.setattr(trainer, "_save", real_save)
+    resumed, _ = _train(CFG, checkpoint_dir=str(tmp_path))
+    straight, _ = _train(CFG)
+    for (name, pa), (_, pb) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_each_epoch_reports_its_progress(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="kdflow.progress"):
+        _train(CFG)
+    lines = [r.getMessage() for r in caplog.records if r.name == "kdflow.progress"]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all("32/32 img (100%)" in line and "img/s" in line for line in lines)
+
+
+def test_compiled_keys_are_stripped():
+    from kdflow.training.trainer import strip_compiled
+
+    state = {"student._orig_mod.net.linear.weight": torch.zeros(1), "connectors.0.weight": torch.ones(1)}
+    assert set(strip_compiled(state)) == {"student.net.linear.weight", "connectors.0.weight"}
+
+
+def test_the_optimizer_step_is_batched():
+    """foreach on the CPU (fused kernels are for CUDA); fused on CUDA."""
+    from kdflow.training.trainer import make_optimizer
+
+    for name in ("sgd", "adamw"):
+        net = create_model("convnet_xs", 3)
+        opt = make_optimizer(net.parameters(), dataclasses.replace(CFG, optimizer=name))
+        assert all(g["foreach"] and not g.get("fused") for g in opt.param_groups), name
+        if torch.cuda.is_available():
+            opt = make_optimizer(net.cuda().parameters(), dataclasses.replace(CFG, optimizer=name))
+            assert all(g["fused"] for g in opt.param_groups), name

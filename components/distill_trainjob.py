@@ -1,0 +1,35 @@
+from typing import NamedTuple
+
+from kfp import dsl
+
+from kdflow.components.images import CPU_IMAGE, GPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def distill_trainjob(
+    dataset: dsl.Input[dsl.Dataset],
+    soft_labels: dsl.Input[dsl.Artifact],
+    config: str,
+    tracking_uri: str,
+    pipeline_run: str,
+    model: dsl.Output[dsl.Model],
+    kind: str = "TrainJob",
+    num_nodes: int = 2,
+    gpus_per_node: int = 1,
+    runtime: str = "torch-distributed",
+    image: str = GPU_IMAGE,
+    namespace: str = "",
+    platform: str = "",
+    timeout_s: float = 86400.0,
+) -> NamedTuple("DistillOutputs", run_id=str, model_uri=str):
+    """Distil on ``num_nodes`` x ``gpus_per_node`` GPUs as a Kubeflow Trainer job (``kind`` TrainJob on the
+    ``runtime`` ClusterTrainingRuntime, or a PyTorchJob) and wait for it; this pod only submits and polls.
+    The job reads the artifacts by URI (object storage); ``platform``: kdflow platform settings as YAML."""
+    from collections import namedtuple
+
+    from kdflow.steps.trainjob import run_trainjob
+
+    r = run_trainjob(dataset.uri, soft_labels.uri, config, model.uri, tracking_uri, image, "", namespace, kind,
+                     num_nodes, gpus_per_node, runtime, pipeline_run, platform, timeout_s)
+    model.metadata.update({"run_id": r["run_id"], "model_uri": r["model_uri"], "job": r["job"]})
+    return namedtuple("DistillOutputs", ["run_id", "model_uri"])(r["run_id"], r["model_uri"])

@@ -74,6 +74,7 @@ class JobInputs:
     gpus_per_node: int = 1
     runtime: str = "torch-distributed"  # TrainJob: the ClusterTrainingRuntime referenced
     pipeline_run: str = ""
+    teacher_digest: str = ""  # the given teacher's (before adaptation): tagged for the champion check
     extra_env: dict = field(default_factory=dict)  # plain values (not secrets)
 
     def __post_init__(self) -> None:
@@ -115,6 +116,8 @@ def _command(inputs: JobInputs) -> tuple[list[str], list[str]]:
             "--out", inputs.out_uri]
     if inputs.pipeline_run:
         args += ["--pipeline-run", inputs.pipeline_run]
+    if inputs.teacher_digest:
+        args += ["--teacher-digest", inputs.teacher_digest]
     return ["torchrun"], args
 
 
@@ -241,6 +244,36 @@ def job_state(job: dict, kind: Kind) -> tuple[str, str]:
     return "running", ""
 
 
+def _create(api: CustomObjects, job: dict, where: tuple[str, str, str, str, str],
+            sleep: Callable[[float], None], polls: int = 60) -> None:
+    """Create the job. A retried pipeline task finds its own job already there (the name follows the
+    task's output URI): a running or finished one is waited for, a failed one replaced."""
+    group, version, namespace, plural, name = where
+    try:
+        api.create_namespaced_custom_object(group, version, namespace, plural, job)
+        log.info("submitted %s %s/%s", job["kind"], namespace, name)
+        return
+    except Exception as exc:  # the kubernetes client's ApiException, kubectl's error: both carry .status
+        if getattr(exc, "status", None) != 409:
+            raise
+    state, _ = job_state(api.get_namespaced_custom_object(group, version, namespace, plural, name), job["kind"])
+    if state != "failed":
+        log.info("%s %s/%s already exists (a retried task): waiting for it", job["kind"], namespace, name)
+        return
+    log.info("%s %s/%s failed in an earlier attempt: replacing it", job["kind"], namespace, name)
+    api.delete_namespaced_custom_object(group, version, namespace, plural, name)
+    for _ in range(polls):  # deletion is asynchronous (finalizers): wait until the name is free
+        try:
+            api.get_namespaced_custom_object(group, version, namespace, plural, name)
+        except Exception as exc:
+            if getattr(exc, "status", None) == 404:
+                break
+            raise
+        sleep(5.0)
+    api.create_namespaced_custom_object(group, version, namespace, plural, job)
+    log.info("resubmitted %s %s/%s", job["kind"], namespace, name)
+
+
 def submit_and_wait(job: dict, api: CustomObjects | None = None, timeout_s: float = 24 * 3600,
                     poll_s: float = 30.0, delete_on_timeout: bool = True,
                     sleep: Callable[[float], None] = time.sleep,
@@ -252,8 +285,7 @@ def submit_and_wait(job: dict, api: CustomObjects | None = None, timeout_s: floa
     kind = job["kind"]
     group, version, plural, _, _ = KINDS[kind]
     name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
-    api.create_namespaced_custom_object(group, version, namespace, plural, job)
-    log.info("submitted %s %s/%s", kind, namespace, name)
+    _create(api, job, (group, version, namespace, plural, name), sleep)
     deadline = clock() + timeout_s
     while True:
         current = api.get_namespaced_custom_object(group, version, namespace, plural, name)

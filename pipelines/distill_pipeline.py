@@ -18,7 +18,8 @@ process pool or GPU already does the work of all parts, and the result is the sa
   rerun labels only that). The items carry the teacher's URI and digest, for the same kfp.local reason.
 
 KFP's step cache (on a cluster; kfp.local caches nothing unless asked) is on only where a hit is true
-by construction: the preprocess parts and assembly are keyed by the raw folder's content digest, teacher
+by construction: the preprocess assembly is keyed by the raw folder's content digest (the parts never
+cache: each keeps a complete spool on its own, and a cached part's spool may have expired), teacher
 adaptation by the dataset artifact and the given teacher's digest. The preprocess plan lists the folder
 (a cached plan could miss new files), and the teacher inference tasks never cache: the soft-label cache
 is keyed by content itself, so on a hit the plan finds it in one lookup and one part returns at once,
@@ -68,8 +69,11 @@ def make_preprocess_fanout(cpu: Step, parallelism: int):
     def preprocess_fanout(data_uri: str, config: str, work: str, source_fingerprint: str) -> Outputs:
         plan = cpu(preprocess_plan(data_uri=data_uri, config=config), cache=False).set_display_name("preprocess-plan")
         with dsl.ParallelFor(plan.output, parallelism=parallelism) as part:
+            # Never from KFP's cache: a part keeps a complete spool itself (a check, no decoding), and a
+            # cached part whose spool has since expired would leave the assembly failing on every rerun.
             decoded = cpu(preprocess_part(data_uri=data_uri, config=config, part=part, parts=0, work=work,
-                                          source_fingerprint=source_fingerprint)).set_display_name("preprocess-part")
+                                          source_fingerprint=source_fingerprint),
+                          cache=False).set_display_name("preprocess-part")
         assemble = cpu(preprocess_assemble(data_uri=data_uri, config=config, parts=0, work=work,
                                            source_fingerprint=source_fingerprint)
                        ).after(decoded).set_display_name("preprocess-assemble")
@@ -158,7 +162,7 @@ def make_distill_pipeline(platform: Platform | None = None):
                                              config=config, tracking_uri=tracking_uri,
                                              pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                                              num_nodes=platform.distill_nodes, gpus_per_node=platform.distill_gpus,
-                                             platform=platform.to_yaml()),
+                                             platform=platform.to_yaml(), teacher_digest=teacher_digest),
                             cache=False).set_display_name("student-distillation")
             else:
                 train = gpu(distill(dataset=prep.outputs["dataset"], soft_labels=labels.outputs["soft_labels"],

@@ -59,8 +59,9 @@ def scan(listing: SourceListing) -> tuple[list[Candidate], list[str], list[dict]
     Works on the listing's relative paths, so a local folder and its copy on S3 scan alike.
     """
     root = listing.root
-    parts_of = [(f, tuple(f.rel.split("/"))) for f in listing.files]
-    folders = {p[:i] for _, p in parts_of for i in range(1, len(p))}
+    # The parts of each path are split again where needed rather than kept: a list of them for every
+    # file would be the largest allocation of a scan of a million files.
+    folders = {p[:i] for p in (tuple(f.rel.split("/")) for f in listing.files) for i in range(1, len(p))}
     folders |= {tuple(d.split("/"))[:i] for d in listing.empty_dirs for i in range(1, d.count("/") + 2)}
 
     def subfolders(parent: tuple[str, ...]) -> list[str]:
@@ -80,11 +81,12 @@ def scan(listing: SourceListing) -> tuple[list[Candidate], list[str], list[dict]
     stray: list[dict] = []
     classes: set[str] = set()
     in_class: dict[tuple[str, ...], list] = {}
-    for f, p in parts_of:
+    for f in listing.files:
+        p = f.rel.split("/")
         if len(p) == 1 or (split_layout and len(p) == 2 and p[0] in top):
             stray.append({"path": f.rel, "reason": "file outside any class folder"})
         else:
-            in_class.setdefault(p[: 2 if split_layout else 1], []).append(f)
+            in_class.setdefault(tuple(p[: 2 if split_layout else 1]), []).append(f)
     for folder, split in class_parents:
         for name in subfolders(folder):
             classes.add(name)

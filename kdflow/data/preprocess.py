@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -32,6 +32,7 @@ import numpy as np
 
 from kdflow import __version__
 from kdflow.config import DataConfig
+from kdflow.cpus import available_cpus
 from kdflow.data.groups import PHASH, group_samples, phash_batches
 from kdflow.data.imagefolder import Candidate, decode_chunk, scan
 from kdflow.data.shards import FORMAT, DatasetManifest, ShardWriter, fingerprint, write_manifest
@@ -113,7 +114,24 @@ def split_spec(cfg: DataConfig) -> dict:
     return spec
 
 
-def _scanned(listing: SourceListing, expected_source: str) -> tuple[list[Candidate], list[str], list[dict]]:
+@dataclass
+class _Scan:
+    """A scanned folder. The candidates are the largest thing a preprocess run holds that grows with
+    the folder (a few hundred bytes per file): ``release`` drops them once the spools' metadata has
+    been checked against them, before the shards are written."""
+
+    root: str
+    key: str  # listing_digest: names the spools
+    candidates: list[Candidate] | None
+    class_names: list[str]
+    stray: list[dict]
+    count: int  # candidates, also after release
+
+    def release(self) -> None:
+        self.candidates = None
+
+
+def _scanned(listing: SourceListing, expected_source: str) -> _Scan:
     root = listing.root
     if expected_source and fingerprint_listing(listing) != expected_source:
         raise DataError(f"the data under {root} changed after the run started (its content fingerprint is no "
@@ -122,7 +140,7 @@ def _scanned(listing: SourceListing, expected_source: str) -> tuple[list[Candida
     candidates, class_names, stray = scan(listing)
     if len(class_names) < 2:
         raise DataError(f"{root} has {len(class_names)} class folder(s)", "a classifier needs at least 2 classes")
-    return candidates, class_names, stray
+    return _Scan(root, listing_digest(listing), candidates, class_names, stray, len(candidates))
 
 
 def _check_parts(part: int, parts: int) -> None:
@@ -199,8 +217,8 @@ def decode_part(listing_or_data_uri: SourceListing | str, work_root: str, cfg: D
     _check_parts(part, parts)
     listing = (listing_or_data_uri if isinstance(listing_or_data_uri, SourceListing)
                else list_source(listing_or_data_uri))
-    candidates, _, _ = _scanned(listing, "")
-    args, _ = _part_job(listing_digest(listing), work_root, cfg, part, parts, candidates)
+    scanned = _scanned(listing, "")
+    args, _ = _part_job(scanned.key, work_root, cfg, part, parts, scanned.candidates)
     return _decode_job(*args, show=True)
 
 
@@ -211,8 +229,7 @@ def assemble(data_uri: str, work_root: str, out_root: str, cfg: DataConfig, part
     ``expected_source``: the folder's ``source_fingerprint`` taken when the run started, which keys
     KFP's cache of this step; the folder read must still have it, or the cached dataset would be
     filed under the wrong content."""
-    listing = list_source(data_uri)
-    return _assemble(listing, _scanned(listing, expected_source), work_root, out_root, cfg, parts)
+    return _assemble(_scanned(list_source(data_uri), expected_source), work_root, out_root, cfg, parts)
 
 
 def preprocess(data_uri: str, out_root: str, cfg: DataConfig, expected_source: str = "") -> DatasetManifest:
@@ -223,16 +240,14 @@ def preprocess(data_uri: str, out_root: str, cfg: DataConfig, expected_source: s
     a dataset. The spools go to a temp folder (``TMPDIR``; it needs room for the decoded images),
     removed at the end, also on failure.
     """
-    listing = list_source(data_uri)
-    scanned = _scanned(listing, expected_source)
-    n = len(scanned[0])
-    workers = len(os.sched_getaffinity(0))
+    scanned = _scanned(list_source(data_uri), expected_source)  # the listing itself is not kept
+    n = scanned.count
+    workers = available_cpus()  # the affinity mask capped by a cgroup quota: a pod's CPUs, not the node's
     pool = n >= IN_PROCESS_FILES and workers > 1
     parts = max(parts_for(n, FILES_PER_LOCAL_PART), workers if pool else 1)
     work = tempfile.mkdtemp(prefix="kdflow-preprocess-")
     try:
-        key = listing_digest(listing)
-        jobs = [_part_job(key, work, cfg, p, parts, scanned[0]) for p in range(parts)]
+        jobs = [_part_job(scanned.key, work, cfg, p, parts, scanned.candidates) for p in range(parts)]
         if not pool:
             for args, _ in jobs:
                 _decode_job(*args, show=True)
@@ -241,25 +256,43 @@ def preprocess(data_uri: str, out_root: str, cfg: DataConfig, expected_source: s
             # guard); spawn when it has more (S3 transfer threads, a server): a forked child would
             # inherit locks those threads hold.
             context = get_context("fork" if threading.active_count() == 1 else "spawn")
-            with ProcessPoolExecutor(max_workers=min(workers, parts), mp_context=context) as ex, \
-                    Progress(n, "preprocess: decode", "img") as bar:
+            with ProcessPoolExecutor(max_workers=min(workers, parts), mp_context=context) as ex:
+                # Every worker is started by the submits, before the bar (a tqdm bar starts a thread).
                 futures = {ex.submit(_decode_job, *args): len(args[0]) for args, _ in jobs}
-                for done in as_completed(futures):
-                    done.result()
-                    bar.advance(futures[done])
-        return _assemble(listing, scanned, work, out_root, cfg, parts)
+                try:
+                    with Progress(n, "preprocess: decode", "img") as bar:
+                        for done in as_completed(futures):
+                            done.result()
+                            bar.advance(futures[done])
+                except BaseException:
+                    ex.shutdown(wait=True, cancel_futures=True)  # a failed part: do not decode the rest
+                    raise
+        del jobs  # each held its part's candidates
+        return _assemble(scanned, work, out_root, cfg, parts)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _assemble(listing: SourceListing, scanned: tuple[list[Candidate], list[str], list[dict]], work_root: str,
+def _return_freed_memory() -> None:
+    """Hand the heap freed by the listing back to the OS (glibc keeps freed small blocks otherwise),
+    so the shards are written on top of the metadata alone, not of every path the scan held."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the memory is reused by later allocations instead
+        pass
+
+
+def _assemble(scanned: _Scan, work_root: str,
               out_root: str, cfg: DataConfig, parts: int) -> DatasetManifest:
-    candidates, class_names, stray = scanned
-    root = listing.root
+    candidates, root = scanned.candidates, scanned.root
     cache = Path(tempfile.mkdtemp(prefix="kdflow-spools-")) if is_remote(work_root) else None
     try:
         paths, columns = [], []
-        key = listing_digest(listing)
+        key = scanned.key
         for part in range(parts):
             _, uri = _part_job(key, work_root, cfg, part, parts, candidates)
             if not spool_is_valid(uri):
@@ -272,18 +305,21 @@ def _assemble(listing: SourceListing, scanned: tuple[list[Candidate], list[str],
             if meta["files"]["rel"] != [c.rel for c in candidates[lo:hi]]:
                 raise DataError(f"spool {uri} does not hold part {part} of {parts} of {root}",
                                 "delete the work folder and decode again")
-            columns.append(part_columns(meta, class_names, part))
+            columns.append(part_columns(meta, scanned.class_names, part))
             del meta  # the parsed JSON: hundreds of bytes per file, the columns a few dozen
         files = file_table(columns)
-        del columns
-        return _write_dataset(root, files, paths, candidates, class_names, stray, out_root, cfg)
+        del columns, candidates
+        scanned.release()
+        _return_freed_memory()
+        return _write_dataset(scanned, files, paths, out_root, cfg)
     finally:
         if cache is not None:
             shutil.rmtree(cache, ignore_errors=True)
 
 
-def _write_dataset(root: str, files: FileTable, paths: list[Path], candidates: list[Candidate], class_names: list[str],
-                   stray: list[dict], out_root: str, cfg: DataConfig) -> DatasetManifest:
+def _write_dataset(scanned: _Scan, files: FileTable, paths: list[Path], out_root: str,
+                   cfg: DataConfig) -> DatasetManifest:
+    root, class_names, stray = scanned.root, scanned.class_names, scanned.stray
     dropped = stray + [{"path": files.rel[i].decode(), "reason": r} for i, r in sorted(files.reasons.items())]
     samples, dup_report = deduplicate(files, class_names)
     if not len(samples):
@@ -311,6 +347,7 @@ def _write_dataset(root: str, files: FileTable, paths: list[Path], candidates: l
         "split": split_spec(cfg),
     }
     shape = (cfg.image_size, cfg.image_size, 3)
+    _return_freed_memory()  # what de-duplication and the split freed, before the shard buffers
     reader = SpoolReader(paths, shape)
     hist = ChannelHistogram()  # train only: val/test statistics must not leak
     split_info: dict[str, dict] = {}
@@ -346,7 +383,7 @@ def _write_dataset(root: str, files: FileTable, paths: list[Path], candidates: l
         "class_names": class_names,
         "splits": split_info,
         "stats": {"mean": mean, "std": std},
-        "report": {"files_seen": len(candidates) + len(stray), "dropped": len(dropped),
+        "report": {"files_seen": scanned.count + len(stray), "dropped": len(dropped),
                    "duplicates_removed": len(dup_report), "groups": grouping.count,
                    "largest_group": grouping.largest, "moved_to_held_out": result.moved_to_held_out},
         "fingerprint": fingerprint(spec, class_names, split_info),

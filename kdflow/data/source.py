@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,12 +72,18 @@ def _list_local(root: Path) -> SourceListing:
         rel_folder = Path(folder).relative_to(root).as_posix()
         prefix = "" if rel_folder == "." else f"{rel_folder}/"
         for name in filenames:
-            p = Path(folder) / name
-            if p.is_file():  # not a dangling link, socket or fifo
-                files.append(SourceFile(prefix + name, str(p), p.stat().st_size, None))
+            path = os.path.join(folder, name)
+            try:
+                st = os.stat(path)
+            except OSError:  # a dangling link
+                continue
+            if stat.S_ISREG(st.st_mode):  # not a socket or fifo
+                files.append(SourceFile(prefix + name, path, st.st_size, None))
         if prefix and not dirnames and not filenames:
             empty.append(rel_folder)
-    files.sort(key=lambda f: f.rel.split("/"))
+    # Path-component order ("a/b" before "a.b/c"): "\0" sorts below every character of a name. One
+    # key string per file, not a list of parts: sort() holds every key at once.
+    files.sort(key=lambda f: f.rel.replace("/", "\0"))
     return SourceListing(str(root), files, sorted(empty))
 
 
@@ -100,7 +107,7 @@ def _list_remote(data_uri: str) -> SourceListing:
             "check the bucket and prefix (keys laid out as prefix/<class>/<image> or "
             "prefix/train/<class>/<image>) and AWS_ENDPOINT_URL",
         )
-    files.sort(key=lambda f: f.rel.split("/"))
+    files.sort(key=lambda f: f.rel.replace("/", "\0"))
     holding = {"/".join(parts[:i]) for parts in (f.rel.split("/") for f in files) for i in range(1, len(parts))}
     empty = sorted(m for m in markers if m not in holding)
     return SourceListing(root, files, empty)

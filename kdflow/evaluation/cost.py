@@ -29,6 +29,8 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
+from kdflow.cpus import available_cpus
 from torch import nn
 
 from kdflow.errors import KdflowError
@@ -197,20 +199,3 @@ def speedups(student: ModelCost, teacher: ModelCost) -> dict:
         "size_ratio": _ratio(teacher.size_bytes, student.size_bytes),
         "parameter_ratio": _ratio(teacher.parameters, student.parameters),
     }
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota. torch counts
-    the node's cores, so in a pod limited to 2 CPUs on a 64-core node it would start 64 threads,
-    be throttled, and report latencies that measure the throttling."""
-    import math
-    import os
-
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 quota readable: the affinity mask alone
-    return max(1, cpus)

@@ -2,7 +2,7 @@
 
 Layout under the cache root (a folder, ``file://`` or ``s3://``)::
 
-    softlabels/v3/views/<view key>/<split>-NNNNN.npz   values, index, tail (codec.encode: float16/uint),
+    softlabels/v3/views/<view key>/<split>-NNNNN.kdsl  values, index, tail (codec.encode: float16/uint),
                                                        params for augmented views (the view's crop box
                                                        and flip, int16 [n, 5]) and two digests
                                                        (labeller.py); one file per dataset shard
@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +45,11 @@ import torch
 
 from kdflow import __version__
 from kdflow.data.shards import DatasetManifest
-from kdflow.digest import digest_of, sha256_bytes, unpack_arrays
+from kdflow.digest import digest_of, sha256_bytes
 from kdflow.errors import CacheError
 from kdflow.progress import Progress
+from kdflow.softlabels import shardfile
+from kdflow.softlabels.shardfile import view_file
 from kdflow.softlabels.codec import decode
 from kdflow.softlabels.labeller import Infer, ShardCheck, ShardWriter, ids_digest, read_valid, runs
 from kdflow.softlabels.labels import SoftLabels, SoftRows
@@ -165,7 +168,7 @@ class SoftLabelCache:
         todo: dict[tuple[str, int], list[tuple[str, View]]] = {}
         kept = 0
         for split, index in spec.part_units(part, parts):
-            name = spec.dataset.data["splits"][split]["shards"][index]["file"]
+            name = view_file(spec.dataset.data["splits"][split]["shards"][index]["file"])
             for vkey, view in pending:
                 if not view.covers(split):
                     continue
@@ -201,16 +204,19 @@ class SoftLabelCache:
             for split, indices in runs(todo):
                 params: dict[str, np.ndarray | None] = {}  # each view's params for the split, made once
                 starts = np.cumsum([0] + dataset.shard_counts(split))  # first row of each shard in the split
-                for index, arrays in zip(indices, dataset.iter_shards(split, order=indices)):
-                    shard, start = dataset.data["splits"][split]["shards"][index], int(starts[index])
-                    ids_sha = ids_digest(arrays.ids)
-                    for vkey, view in todo[(split, index)]:
-                        if vkey not in params:
-                            params[vkey] = view.params(split, dataset.count(split), size, size)
-                        p = None if params[vkey] is None else params[vkey][start:start + shard["count"]]
-                        out = infer(arrays.images, p)
-                        writer.put(join(self.view_uri(vkey), shard["file"]), out, p, shard["sha256"], ids_sha)
-                        bar.advance(shard["count"])
+                # closing(): a failed part stops the read-ahead thread now, not when the traceback goes.
+                with closing(dataset.iter_shards(split, order=indices)) as shards:
+                    for index, arrays in zip(indices, shards):
+                        shard, start = dataset.data["splits"][split]["shards"][index], int(starts[index])
+                        ids_sha = ids_digest(arrays.ids)
+                        for vkey, view in todo[(split, index)]:
+                            if vkey not in params:
+                                params[vkey] = view.params(split, dataset.count(split), size, size)
+                            p = None if params[vkey] is None else params[vkey][start:start + shard["count"]]
+                            out = infer(arrays.images, p)
+                            writer.put(join(self.view_uri(vkey), view_file(shard["file"])), out, p, shard["sha256"],
+                                       ids_sha)
+                            bar.advance(shard["count"])
         except BaseException:
             writer.close(raise_error=False)  # writes what was labelled, also on failure: a rerun keeps it
             raise
@@ -238,13 +244,14 @@ class SoftLabelCache:
                     continue
                 shards = []
                 for index, dshard in enumerate(info["shards"]):
-                    uri = join(self.view_uri(vkey), dshard["file"])
+                    uri = join(self.view_uri(vkey), view_file(dshard["file"]))
                     found = read_valid(self.store, uri, self._check(spec, split, index, view))
                     if found is None:
-                        missing.append(f"{vkey[:12]}/{dshard['file']}")
+                        missing.append(f"{vkey[:12]}/{view_file(dshard['file'])}")
                         continue
                     raw, ids_sha = found
-                    shards.append({"file": dshard["file"], "count": dshard["count"], "sha256": sha256_bytes(raw),
+                    shards.append({"file": view_file(dshard["file"]), "count": dshard["count"],
+                                   "sha256": sha256_bytes(raw),
                                    "size": len(raw), "ids_sha256": ids_sha})
                 splits[split] = {"count": info["count"], "shards": shards}
             manifests.append((vkey, {"format": FORMAT, "key": vkey, "kdflow_version": __version__, "spec": view.spec,
@@ -313,7 +320,7 @@ class SoftLabelCache:
         if sha256_bytes(raw) != shard["sha256"]:
             raise CacheError(f"soft-label shard {shard['file']} of view {vkey[:12]} fails its digest check",
                              f"delete {self.view_uri(vkey)} and re-run teacher inference")
-        arrays = unpack_arrays(raw)
+        arrays = shardfile.unpack(raw)
         out = decode(arrays, num_classes)
         if augmented:
             out["params"] = arrays["params"]

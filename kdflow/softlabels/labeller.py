@@ -7,8 +7,8 @@ float32 result to a writer thread that encodes it (codec.encode), packs it and w
 queue between them is bounded, so at most a couple of shards' labels wait in memory, and the
 device does not sit idle while object storage takes a shard.
 
-A view shard file holds the stored codec arrays, ``params`` for augmented views, and two sha256
-digests as uint8 [32]: ``shard_sha256``, the dataset shard's content digest (from the dataset
+A view shard file (``kdflow.softlabels.shardfile``) holds the stored codec arrays, ``params`` for
+augmented views, and two sha256 digests: ``shard_sha256``, the dataset shard's content digest (from the dataset
 manifest: a rerun checks a kept file against it without reading the dataset), and ``ids_sha256``,
 the digest of the shard's sample ids (``ids_digest``), which the view manifest records so that
 readers check row alignment without a copy of the ids in every view.
@@ -24,8 +24,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from kdflow.digest import pack_arrays, sha256_bytes, unpack_arrays
+from kdflow.digest import sha256_bytes
 from kdflow.errors import KdflowError
+from kdflow.softlabels import shardfile
 from kdflow.softlabels.codec import encode
 from kdflow.storage import Storage
 
@@ -43,14 +44,6 @@ def ids_digest(ids: np.ndarray) -> str:
     return sha256_bytes("\n".join(str(i) for i in ids.tolist()).encode())
 
 
-def _hex(arr: np.ndarray) -> str:
-    return bytes(np.asarray(arr, dtype=np.uint8)).hex()
-
-
-def _digest_array(hex_digest: str) -> np.ndarray:
-    return np.frombuffer(bytes.fromhex(hex_digest), dtype=np.uint8).copy()
-
-
 @dataclass(frozen=True)
 class ShardCheck:
     """What a view shard file must be: its dataset shard's digest and rows, and params or not."""
@@ -59,15 +52,14 @@ class ShardCheck:
     count: int
     augmented: bool
 
-    def verify(self, raw: bytes) -> tuple[str, dict[str, np.ndarray]]:
+    def verify(self, raw: bytes) -> tuple[str, dict]:
         """(ids digest, arrays) of a valid file; raises ValueError/KeyError/KdflowError otherwise."""
-        arrays = unpack_arrays(raw)
-        if _hex(arrays["shard_sha256"]) != self.shard_sha256:
+        arrays = shardfile.unpack(raw)
+        if arrays["shard_sha256"] != self.shard_sha256:
             raise ValueError("labels of another dataset shard")
-        names = set(STORED) | {"shard_sha256", "ids_sha256"} | ({"params"} if self.augmented else set())
-        if set(arrays) != names or any(arrays[n].shape[0] != self.count for n in STORED):
+        if ("params" in arrays) != self.augmented or arrays["values"].shape[0] != self.count:
             raise ValueError("unexpected arrays or row count")
-        return _hex(arrays["ids_sha256"]), arrays
+        return str(arrays["ids_sha256"]), arrays
 
 
 def read_valid(store: Storage, uri: str, check: ShardCheck) -> tuple[bytes, str] | None:
@@ -84,12 +76,8 @@ def read_valid(store: Storage, uri: str, check: ShardCheck) -> tuple[bytes, str]
 
 def shard_bytes(codec: dict[str, np.ndarray], params: np.ndarray | None, num_classes: int, shard_sha256: str,
                 ids_sha256: str) -> bytes:
-    """One view shard file's bytes (deterministic: same labels, same bytes)."""
-    arrays = {**encode(codec, num_classes), "shard_sha256": _digest_array(shard_sha256),
-              "ids_sha256": _digest_array(ids_sha256)}
-    if params is not None:
-        arrays["params"] = params.astype(np.int16)
-    return pack_arrays(arrays)
+    """One view shard file's bytes (``kdflow.softlabels.shardfile``; same labels, same bytes)."""
+    return shardfile.pack(encode(codec, num_classes), params, shard_sha256, ids_sha256)
 
 
 class ShardWriter:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 
@@ -25,7 +24,7 @@ from kdflow.storage import join, storage_for
 from kdflow.training.streaming import make_batches, shard_soft_labels
 from kdflow.training import distributed, launch
 from kdflow.training.device import resolve_device
-from kdflow.training.trainer import fit, predict
+from kdflow.training.trainer import checkpointed_resident, fit, predict
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +104,13 @@ def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softla
     # loaded per dataset shard: with the split when it is resident, with each shard when streaming.
     soft_train = (shard_soft_labels(cache, ref.cache_key, "train", augmented=ref.views > 0)
                   if cfg.replays_cache() else None)
+    checkpoints = join(out_dir, "checkpoints")  # shared by the ranks (object storage across nodes)
+    resident = cfg.train.resident
+    if resident == "auto" and (previous := checkpointed_resident(checkpoints)) is not None:
+        resident = "always" if previous else "never"  # a resumed run keeps its data order
     train = make_batches(dataset, "train", cfg.train.batch_size, device, soft=soft_train,
-                         augmentation=cfg.augment, resident=cfg.train.resident)
+                         augmentation=cfg.augment, resident=resident,
+                         agree=lambda keep: distributed.broadcast_object(keep, ctx))
     val = (make_batches(dataset, "val", cfg.teacher.batch_size, device, resident=cfg.train.resident)
            if dataset.count("val") and ctx.is_main else None)
     # Validation agreement with the teacher is reported for every method, the baseline included
@@ -138,7 +142,7 @@ def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softla
         return out
 
     if not ctx.is_main:
-        fit(distiller, train, cfg.train, checkpoint_dir=str(Path(out_dir) / "checkpoints"), dist=ctx)
+        fit(distiller, train, cfg.train, checkpoint_dir=checkpoints, dist=ctx)
         return {}
     exp = tracking.experiment_id(cfg.registry.experiment, tracking_uri)
     with mlflow.start_run(experiment_id=exp, run_name=run_name or f"{cfg.distill.method}-{cfg.student.arch}",
@@ -153,7 +157,7 @@ def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softla
             distiller, train, cfg.train,
             validate=validate if val is not None else None,
             on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch),
-            checkpoint_dir=str(Path(out_dir) / "checkpoints"),
+            checkpoint_dir=checkpoints,
             dist=ctx,
         )
         student = student.cpu().eval()

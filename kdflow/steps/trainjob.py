@@ -42,7 +42,8 @@ def own_namespace() -> str:
 def run_trainjob(dataset_uri: str, soft_labels_uri: str, config_yaml: str, out_uri: str, tracking_uri: str,
                  image: str, name: str = "", namespace: str = "", kind: str = "TrainJob", num_nodes: int = 1,
                  gpus_per_node: int = 1, runtime: str = "torch-distributed", pipeline_run: str = "",
-                 platform_yaml: str = "", timeout_s: float = 24 * 3600, poll_s: float = 30.0, api=None) -> dict:
+                 platform_yaml: str = "", timeout_s: float = 24 * 3600, poll_s: float = 30.0, api=None,
+                 teacher_digest: str = "") -> dict:
     """Submit the distillation job, wait for it; returns {"run_id", "model_uri", "job"}.
     ``platform_yaml``: the Kubernetes settings (kdflow.platform) as YAML; empty: the defaults. ``name``
     empty: derived from ``out_uri``; ``namespace`` empty: this pod's own."""
@@ -65,7 +66,7 @@ def run_trainjob(dataset_uri: str, soft_labels_uri: str, config_yaml: str, out_u
     inputs = JobInputs(name=name, namespace=namespace, image=image, dataset_uri=dataset_uri,
                        soft_labels_uri=soft_labels_uri, out_uri=out_uri, config_yaml=config_yaml,
                        tracking_uri=tracking_uri, kind=kind, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
-                       runtime=runtime, pipeline_run=pipeline_run)
+                       runtime=runtime, pipeline_run=pipeline_run, teacher_digest=teacher_digest)
     job = build_job(inputs, platform)
     submit_and_wait(job, api, timeout_s=timeout_s, poll_s=poll_s)
     result_uri = join(out_uri, RESULT_FILE)
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soft-labels", required=True, help="URI of the soft-label reference folder")
     parser.add_argument("--out", required=True, help="where student.pt and the result file go")
     parser.add_argument("--pipeline-run", default="", help="the pipeline run's name (an MLflow tag)")
+    parser.add_argument("--teacher-digest", default="", help="the given teacher's digest (an MLflow tag)")
     args = parser.parse_args(argv)
     config = os.environ.get("KDFLOW_CONFIG")
     if not config:
@@ -99,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(soft_labels, REF_FILE), "wb") as f:
             f.write(storage_for(ref_uri).read_bytes(ref_uri))
     result = run_distillation(args.dataset, soft_labels, config, args.out,
-                              os.environ.get("MLFLOW_TRACKING_URI") or None, args.pipeline_run)
+                              os.environ.get("MLFLOW_TRACKING_URI") or None, args.pipeline_run,
+                              teacher_input_digest=args.teacher_digest)
     if int(os.environ.get("RANK", "0")) == 0:  # one writer; the file is written last, so it means "done"
         uri = join(args.out, RESULT_FILE)
         storage_for(uri).write_bytes(uri, json.dumps({"run_id": result.get("run_id", ""),

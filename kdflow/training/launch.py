@@ -19,6 +19,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from typing import Any, Sequence
 
 import torch
 
+from kdflow.data.stream import CACHE_DIR_ENV
 from kdflow.errors import ConfigError, KdflowError
 from kdflow.training.distributed import is_torchrun_worker
 
@@ -67,7 +69,16 @@ def run_workers(processes: int, module: str, args: Sequence[str]) -> None:
     # Each worker sees the others' CPUs busy: cap the CPU threads per worker (torchrun would print
     # a warning and set 1; this is the same but quiet, and only when the user has not chosen).
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
-    rc = subprocess.run(cmd, env=env, check=False).returncode
+    # One local disk cache of remote shards for all workers (each reads every shard of its windows):
+    # without it each would download the dataset into a temp folder of its own.
+    shared = None if env.get(CACHE_DIR_ENV) else tempfile.mkdtemp(prefix="kdflow-shards-")
+    if shared:
+        env[CACHE_DIR_ENV] = shared
+    try:
+        rc = subprocess.run(cmd, env=env, check=False).returncode
+    finally:
+        if shared:
+            shutil.rmtree(shared, ignore_errors=True)
     if rc != 0:
         raise WorkersFailed(rc, processes)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -346,8 +346,8 @@ def _whole_soft(soft: SoftSource | None, dataset: DatasetManifest, split: str, a
 
 def make_batches(dataset: DatasetManifest, split: str, batch_size: int, device: torch.device, *,
                  soft: SoftSource | None = None, augmentation: AugmentConfig | None = None,
-                 resident: Resident = "auto", shuffle_shards: int = 4,
-                 prefetch: int = 2) -> ArrayBatches | ShardBatches:
+                 resident: Resident = "auto", shuffle_shards: int = 4, prefetch: int = 2,
+                 agree: Callable[[bool], bool] | None = None) -> ArrayBatches | ShardBatches:
     """``split`` as batches: whole on ``device`` (``ArrayBatches``) when ``resident`` is "always", or
     "auto" and it fits; streamed from its shards (``ShardBatches``) otherwise.
 
@@ -355,6 +355,8 @@ def make_batches(dataset: DatasetManifest, split: str, batch_size: int, device: 
     take at most ``RESIDENT_CUDA_FRACTION`` of the free CUDA memory, or on the CPU at most
     ``RESIDENT_CPU_MAX_BYTES`` and at most what streaming would hold at once (so holding it costs no
     memory that streaming would not). ``soft`` is the whole split's soft labels or a per-shard loader.
+    ``agree``: makes the ranks of a distributed run take one decision (rank 0's): each rank slices
+    the same global batches only if all shuffle the same way, and free memory differs between GPUs.
     """
     stream = ShardBatches(dataset, split, batch_size, device, soft, augmentation,
                           shuffle_shards=shuffle_shards, prefetch=prefetch)
@@ -371,6 +373,8 @@ def make_batches(dataset: DatasetManifest, split: str, batch_size: int, device: 
         where = f"the CPU limit ({limit / 2**20:.1f} MiB: at most {RESIDENT_CPU_MAX_BYTES >> 20} MiB, and no more " \
                 "than streaming holds)"
     keep = resident == "always" or (resident == "auto" and need <= limit)
+    if agree is not None:
+        keep = agree(keep)
     log.info("%s split: %d rows need %.1f MiB resident (with a %.0f%% margin), %s %s: %s (train.resident=%s)",
              split, n, need / 2**20, (RESIDENT_MARGIN - 1) * 100, "within" if need <= limit else "over", where,
              "whole split on the device" if keep else f"streaming {len(stream.counts)} shards", resident)

@@ -95,6 +95,18 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
+def checkpointed_resident(checkpoint_dir: str | None) -> bool | None:
+    """Whether the run checkpointed under ``checkpoint_dir`` trained on a resident split (None: no
+    checkpoint, or one from before this was recorded). Resident and streamed batches visit the rows
+    in different orders, so a resumed run must take the kind it started with, whatever memory the
+    device it resumes on has free."""
+    uri = join(checkpoint_dir, CHECKPOINT) if checkpoint_dir else None
+    if not uri or not (store := storage_for(uri)).exists(uri):
+        return None
+    state = torch.load(io.BytesIO(store.read_bytes(uri)), map_location="cpu", weights_only=True)
+    return state.get("resident")
+
+
 def _save(uri: str, state: dict) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -277,7 +289,9 @@ def fit(
                              "model": strip_compiled(distiller.checkpoint_state()),
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "rng": torch.get_rng_state(),
-                             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
+                             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                             # The two kinds of batches shuffle differently: a resumed run must use this one.
+                             "resident": isinstance(train, ArrayBatches)})
 
     # BatchNorm over the global batch: on CUDA only (SyncBatchNorm has no CPU kernel); see distributed.
     synced_bn = (ctx.active and cfg.sync_batchnorm and device.type == "cuda"

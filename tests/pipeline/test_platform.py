@@ -98,13 +98,14 @@ def test_images_are_pinned_to_the_package_version(example):
 
 
 def test_only_content_keyed_steps_cache(example):
-    """The preprocess parts and assembly and teacher adaptation cache, keyed by content digests as
-    parameters. The preprocess plan lists the folder; teacher inference relies on the soft-label
+    """The preprocess assembly and teacher adaptation cache, keyed by content digests as parameters.
+    The preprocess plan lists the folder; a part keeps its own complete spool (a cached part whose
+    spool expired would fail the assembly forever); teacher inference relies on the soft-label
     cache's own content keys (a cached commit could point at an entry deleted since)."""
     _, spec, _ = example
     tasks = _all_tasks(spec)
     cached = {name for name, t in tasks.items() if t.get("cachingOptions", {}).get("enableCache")}
-    assert cached == {"preprocess-part", "preprocess-assemble", "adapt-teacher"}
+    assert cached == {"preprocess-assemble", "adapt-teacher"}
     source = tasks["preprocess-fanout"]["inputs"]["parameters"]["source_fingerprint"]["taskOutputParameter"]
     assert source == {"outputParameterKey": "source_fingerprint", "producerTask": "fingerprint-inputs"}
     for step in ("preprocess-part", "preprocess-assemble"):

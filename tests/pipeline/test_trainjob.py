@@ -134,6 +134,53 @@ class Clock:
 RUNNING = [{"type": "Created", "status": "True"}]
 
 
+class Status(Exception):
+    """What the kubernetes client raises: an error with the HTTP ``status``."""
+
+    def __init__(self, status):
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+class ExistingJobApi(FakeApi):
+    """The job is already there (a retried task): create answers 409 once; after a delete, get
+    answers 404 until the job is created again."""
+
+    def __init__(self, states):
+        super().__init__(states)
+        self.exists = True
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        if self.exists:
+            raise Status(409)
+        self.exists = True
+        return super().create_namespaced_custom_object(group, version, namespace, plural, body)
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        if not self.exists:
+            raise Status(404)
+        return super().get_namespaced_custom_object(group, version, namespace, plural, name)
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.exists = False
+        return super().delete_namespaced_custom_object(group, version, namespace, plural, name)
+
+
+def test_a_retried_task_waits_for_its_running_job_and_replaces_a_failed_one():
+    done = [*RUNNING, {"type": "Complete", "status": "True"}]
+    api, clock = ExistingJobApi([RUNNING, done]), Clock()
+    submit_and_wait(build_job(_inputs()), api, timeout_s=600, poll_s=10, sleep=clock.sleep, clock=clock)
+    assert not api.created and not api.deleted  # the running job was adopted, not submitted twice
+    failed = [*RUNNING, {"type": "Failed", "status": "True", "message": "preempted"}]
+    api, clock = ExistingJobApi([failed, done]), Clock()
+    submit_and_wait(build_job(_inputs()), api, timeout_s=600, poll_s=10, sleep=clock.sleep, clock=clock)
+    assert api.deleted == [("trainjobs", "kd-run-1")] and len(api.created) == 1  # replaced
+    api = ExistingJobApi([RUNNING])
+    api.create_namespaced_custom_object = lambda *a: (_ for _ in ()).throw(Status(403))
+    with pytest.raises(Status):  # anything but "already exists" is the caller's error
+        submit_and_wait(build_job(_inputs()), api, timeout_s=600, poll_s=10, sleep=Clock().sleep, clock=Clock())
+
+
 def test_submission_polls_until_the_trainjob_completes():
     api, clock = FakeApi([RUNNING, RUNNING, [*RUNNING, {"type": "Complete", "status": "True"}]]), Clock()
     submit_and_wait(build_job(_inputs()), api, timeout_s=600, poll_s=10, sleep=clock.sleep, clock=clock)
@@ -210,8 +257,8 @@ def test_the_node_entry_runs_distillation_with_the_env_config_and_a_fetched_refe
     (tmp_path / "labels" / REF_FILE).write_text('{"cache_key": "k"}')
     calls = []
 
-    def fake_distillation(dataset, soft_labels, config, out, tracking_uri, pipeline_run=""):
-        calls.append((dataset, soft_labels, config, out, tracking_uri, pipeline_run))
+    def fake_distillation(dataset, soft_labels, config, out, tracking_uri, pipeline_run="", teacher_input_digest=""):
+        calls.append((dataset, soft_labels, config, out, tracking_uri, pipeline_run, teacher_input_digest))
         assert json.loads((tmp_path.joinpath(soft_labels) / REF_FILE).read_text()) == {"cache_key": "k"}
         return {"run_id": "r9", "model_uri": "runs:/r9/model"}
 
@@ -221,10 +268,10 @@ def test_the_node_entry_runs_distillation_with_the_env_config_and_a_fetched_refe
     monkeypatch.setenv("RANK", "0")
     out = tmp_path / "model"
     assert step.main(["--dataset", "s3://b/d", "--soft-labels", f"file://{tmp_path}/labels", "--out", str(out),
-                      "--pipeline-run", "run-7"]) == 0
-    (dataset, soft_labels, config, _, tracking, run) = calls[0]
+                      "--pipeline-run", "run-7", "--teacher-digest", "abc123"]) == 0
+    (dataset, soft_labels, config, _, tracking, run, teacher_digest) = calls[0]
     assert dataset == "s3://b/d" and "://" not in soft_labels and config == CONFIG
-    assert tracking == "http://mlflow:5000" and run == "run-7"
+    assert tracking == "http://mlflow:5000" and run == "run-7" and teacher_digest == "abc123"
     assert json.loads((out / step.RESULT_FILE).read_text()) == {"run_id": "r9", "model_uri": "runs:/r9/model"}
     monkeypatch.setenv("RANK", "1")  # other ranks write nothing
     (out / step.RESULT_FILE).unlink()

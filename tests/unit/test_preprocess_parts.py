@@ -72,7 +72,7 @@ def test_the_process_pool_writes_the_same_dataset(tmp_path, monkeypatch):
     preprocess(str(root), str(tmp_path / "inline"), cfg)
     monkeypatch.setattr(prep, "IN_PROCESS_FILES", 0)
     monkeypatch.setattr(prep, "FILES_PER_LOCAL_PART", 10)
-    monkeypatch.setattr(prep.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(prep, "available_cpus", lambda: 2)
     preprocess(str(root), str(tmp_path / "pool"), cfg)
     assert _dataset_files(tmp_path / "pool") == _dataset_files(tmp_path / "inline")
 

@@ -189,19 +189,26 @@ def test_labels_round_trip_through_the_compact_format(dataset, tmp_path):
     assert torch.equal(got.argmax(-1), z.argmax(-1))
 
 
-def test_soft_labels_take_at_most_56_bytes_per_sample_per_view(tmp_path):
+@pytest.mark.parametrize("rows", [222, 64])
+def test_soft_labels_take_at_most_56_bytes_per_sample_per_view(tmp_path, rows):
     """k = 10 of 1000 classes, augmented views (int16 [5] params each): the view shard files, all
-    bytes (headers, digests) counted, divided by samples x views."""
-    dataset = make_dataset(tmp_path / "ds", {"train": 2048}, shard_size=1024, classes=1000, size=4)
+    bytes (headers, digests) counted, divided by samples x views. 222 rows is a 224-px dataset's
+    default shard (data.shard_size 0: about 32 MiB of pixels), 64 the smallest default shard."""
+    from kdflow.config import DataConfig
+
+    assert DataConfig(image_size=224).rows_per_shard() == 222 and DataConfig(image_size=1024).rows_per_shard() == 64
+    n = 4 * rows
+    dataset = make_dataset(tmp_path / "ds", {"train": n}, shard_size=rows, classes=1000, size=4)
     spec = _spec(dataset, 2)
     cache = SoftLabelCache(str(tmp_path / "c"))
     cache.write(spec, Teacher(1000), extra={})
+    sizes = {}
     for view in spec.views:
-        files = [p for p in Path(cache.view_uri(spec.view_key(view))).glob("train-*.npz")]
-        per_sample = sum(p.stat().st_size for p in files) / 2048
-        assert per_sample <= (56 if not view.is_identity else 46), (view.spec, per_sample)
-    augmented = [p for v in spec.views[1:] for p in Path(cache.view_uri(spec.view_key(v))).glob("*.npz")]
-    assert sum(p.stat().st_size for p in augmented) / (2048 * 2) <= 56
+        files = list(Path(cache.view_uri(spec.view_key(view))).glob("train-*"))
+        assert len(files) == 4 and all(p.suffix == ".kdsl" for p in files)
+        sizes[view.is_identity] = sum(p.stat().st_size for p in files) / n
+    print(f"rows {rows}: {sizes[False]:.2f} bytes per sample per augmented view, {sizes[True]:.2f} plain")
+    assert sizes[False] <= 56 and sizes[True] <= 46, sizes
 
 
 def test_fanout_steps_plan_part_commit(tmp_path, tiny_data, tiny_teacher, tiny_config_yaml):

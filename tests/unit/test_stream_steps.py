@@ -68,3 +68,24 @@ def test_distillation_trains_and_validates_from_streamed_shards(labelled, tiny_c
     assert 0 <= metrics["val_accuracy"] <= 1 and 0 <= metrics["val_agreement"] <= 1
     assert torch.isfinite(torch.tensor(metrics["train_loss"]))
     assert (tmp_path / "out" / STUDENT_FILE).exists()
+
+
+def test_a_resumed_distillation_keeps_the_kind_of_batches_it_started_with(labelled, tiny_config_yaml, tmp_path,
+                                                                         monkeypatch):
+    """Resident and streamed batches shuffle differently: a run resumed from its checkpoint (on a
+    device with more or less free memory) must keep the kind it checkpointed, or its data order."""
+    from kdflow.steps import distill as step
+    from kdflow.training.trainer import checkpointed_resident
+
+    root, _ = labelled
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_distillation(str(root / "ds"), str(root / "ref"), _config(tiny_config_yaml, "never"),
+                     str(tmp_path / "out"), tracking_uri)
+    assert checkpointed_resident(str(tmp_path / "out" / "checkpoints")) is False
+    assert checkpointed_resident(str(tmp_path / "none")) is None
+    asked = []
+    real = step.make_batches
+    monkeypatch.setattr(step, "make_batches", lambda *a, **kw: asked.append((a[1], kw["resident"])) or real(*a, **kw))
+    run_distillation(str(root / "ds"), str(root / "ref"), _config(tiny_config_yaml, "auto"), str(tmp_path / "out"),
+                     tracking_uri)
+    assert ("train", "never") in asked  # "auto" would hold this small split whole

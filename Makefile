@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed
 # The CPU wheel of this version is on these machines' disks; elsewhere pip fetches it from PyPI.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): most tests wait on subprocesses (kfp.local tasks, servers), so two
+# share two cores well. A test file runs whole in one process (its module fixtures are built once).
+PYTEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-unit test-component test-pipeline test-e2e compile clean bench-scale bench-throughput \
@@ -34,7 +38,7 @@ DOCKER_BUILD = DOCKER_BUILDKIT=0 $(DOCKER) build --build-arg VERSION=$(VERSION) 
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: DATA=folder TEACHER=uri CONFIG=file.yaml (for run), PYTEST_ARGS=... (for test*),"
+	@echo "  variables: DATA=folder TEACHER=uri CONFIG=file.yaml (for run), PYTEST_ARGS=... PYTEST_WORKERS=n (for test*),"
 	@echo "             CPU_BASE=image GPU_BASE=image (for images), REGISTRY=host/prefix (for push)"
 
 $(STAMP): pyproject.toml
@@ -42,7 +46,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install --quiet -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import torch, kfp, mlflow, kdflow, moto" || { echo "install failed: see pip's output above"; exit 1; }
+	$(PY) -c "import torch, kfp, mlflow, kdflow, moto, xdist" || { echo "install failed: see pip's output above"; exit 1; }
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install kdflow and its test tools (only what is missing)
@@ -51,19 +55,19 @@ run: install ## Run the pipeline end to end locally (embedded default: scikit-le
 	$(KDFLOW) run $(if $(DATA),--data "$(DATA)") $(if $(TEACHER),--teacher "$(TEACHER)") $(if $(CONFIG),--config "$(CONFIG)")
 
 test: install ## Run every test tier: unit, component (kfp.local), pipeline (spec), end-to-end
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-unit: install ## Unit tests only (fast)
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	$(PYTEST) tests/unit $(PYTEST_ARGS)
 
 test-component: install ## Components through kfp.local
-	$(PY) -m pytest tests/component $(PYTEST_ARGS)
+	$(PYTEST) tests/component $(PYTEST_ARGS)
 
 test-pipeline: install ## Compile the pipeline and check the spec
-	$(PY) -m pytest tests/pipeline $(PYTEST_ARGS)
+	$(PYTEST) tests/pipeline $(PYTEST_ARGS)
 
 test-e2e: install ## Whole pipeline against real MLflow and S3 servers on loopback
-	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+	$(PYTEST) tests/e2e $(PYTEST_ARGS)
 
 bench-scale: install ## Peak RSS of preprocess, teacher inference, training at 10k/40k/160k images (CPU; SIZES=a,b,c)
 	$(KDFLOW) bench scale $(if $(SIZES),--sizes $(SIZES))
@@ -113,7 +117,7 @@ push: ## Tag and push both images: make push REGISTRY=registry.example.com/ml (a
 	$(DOCKER) push $(REGISTRY)/kdflow-gpu:$(VERSION)
 
 test-docker: install docker-engine images ## The whole pipeline in the images (kfp.local.DockerRunner, MLflow + S3 on loopback)
-	$(PY) -m pytest tests/docker $(PYTEST_ARGS)
+	$(PYTEST) tests/docker $(PYTEST_ARGS)
 
 clean: ## Remove local run state (.kdflow: data, teachers, cache, MLflow store) and build leftovers
 	rm -rf .kdflow pipeline.yaml .pytest_cache build *.egg-info

@@ -300,7 +300,7 @@ def _append_section(output: Path, title: str, text: str) -> None:
 @click.option("--sizes", default="10000,40000,160000", show_default=True,
               help="Comma-separated dataset sizes (generated 64x64 JPEGs, 10 classes); the verdict compares the "
                    "largest with the smallest.")
-@click.option("--quick", is_flag=True, help="Sizes 500, 1000, 2000 (seconds; checks the plumbing, not the bound).")
+@click.option("--quick", is_flag=True, help="Sizes 300 and 600 (seconds; checks the plumbing, not the bound).")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".kdflow/bench-scale"),
               show_default=True, help="Scratch folder: generated images (kept and reused), datasets, caches, logs.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("docs/benchmarks.md"),

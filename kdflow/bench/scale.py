@@ -31,7 +31,7 @@ from pathlib import Path
 
 STEPS = ("preprocess", "teacher", "train")
 DEFAULT_SIZES = (10_000, 40_000, 160_000)
-QUICK_SIZES = (500, 1_000, 2_000)
+QUICK_SIZES = (300, 600)
 MAX_GROWTH = 0.25  # the bound: peak RSS at the largest N < 1.25 x that at the smallest
 IMAGE_SIZE = 64
 CLASSES = 10

@@ -320,7 +320,11 @@ class SoftLabelCache:
         if sha256_bytes(raw) != shard["sha256"]:
             raise CacheError(f"soft-label shard {shard['file']} of view {vkey[:12]} fails its digest check",
                              f"delete {self.view_uri(vkey)} and re-run teacher inference")
-        arrays = shardfile.unpack(raw)
+        try:
+            arrays = shardfile.unpack(raw)
+        except ValueError as exc:  # the digest matched: written by another kdflow's layout of this format
+            raise CacheError(f"soft-label shard {shard['file']} of view {vkey[:12]} is not readable: {exc}",
+                             f"delete {self.view_uri(vkey)} and re-run teacher inference") from exc
         out = decode(arrays, num_classes)
         if augmented:
             out["params"] = arrays["params"]

@@ -22,6 +22,7 @@ from kdflow.errors import KdflowError
 from kdflow.data.shards import DatasetManifest
 from kdflow.digest import digest_of
 from kdflow.logs import setup_logging
+from kdflow.memory import bound_heap
 from kdflow.models.loading import TeacherSource, save_checkpoint
 from kdflow.steps.teacher import check_teacher
 from kdflow.storage import join, storage_for
@@ -46,6 +47,7 @@ def run_adaptation(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_u
     ``expected_digest`` (the digest taken when the run started, which keys KFP's cache) must match
     the teacher read now: a teacher replaced mid-run would otherwise be adapted under the old key."""
     setup_logging()
+    bound_heap()  # memory that does not grow with the work done (kdflow.memory)
     cfg = Config.from_yaml(config_yaml)
     if cfg.teacher.adapt_epochs == 0:
         return {"teacher_uri": teacher_uri, "adapted": False, "reused": False}

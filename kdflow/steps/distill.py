@@ -9,6 +9,7 @@ import torch
 from kdflow import __version__
 from kdflow.config import Config
 from kdflow.logs import setup_logging
+from kdflow.memory import bound_heap
 from kdflow.data.shards import DatasetManifest
 from kdflow.evaluation import accuracy
 from kdflow.lineage import config_hash
@@ -67,6 +68,7 @@ def run_distillation(
     (DistributedDataParallel), one process per GPU of the task.
     """
     setup_logging()
+    bound_heap()  # memory that does not grow with the work done (kdflow.memory)
     cfg = Config.from_yaml(config_yaml)
     if cfg.train.processes > 1 and not distributed.is_torchrun_worker():
         # One task, N GPUs: the same call runs again in N torchrun workers; rank 0's result is the step's.

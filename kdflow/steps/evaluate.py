@@ -21,6 +21,7 @@ from kdflow.evaluation import suite
 from kdflow.evaluation.record import Predictions
 from kdflow.gate import Verdict, absolute_checks, champion_check, stricter
 from kdflow.logs import setup_logging
+from kdflow.memory import bound_heap
 from kdflow.models.loading import TeacherSource, load_checkpoint
 from kdflow.softlabels.cache import SoftLabelCache
 from kdflow.softlabels.ref import SoftLabelRef
@@ -135,6 +136,7 @@ def run_evaluation(
     from kdflow.evaluation.report import render_html
 
     setup_logging()
+    bound_heap()  # memory that does not grow with the work done (kdflow.memory)
     cfg = Config.from_yaml(config_yaml)
     dataset = DatasetManifest.open(dataset_dir)
     if not dataset.count("test"):

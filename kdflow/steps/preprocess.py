@@ -6,6 +6,7 @@ from kdflow.config import Config
 from kdflow.data.preprocess import assemble, decode_part, plan_parts, preprocess
 from kdflow.data.shards import DatasetManifest
 from kdflow.logs import setup_logging
+from kdflow.memory import bound_heap
 from kdflow.storage import join
 
 
@@ -23,6 +24,7 @@ def _summary(manifest: DatasetManifest) -> dict:
 def run_preprocess(data_uri: str, config_yaml: str, out_dir: str, expected_source: str = "") -> dict:
     """``expected_source``: the raw folder's fingerprint from the start of the run (checked)."""
     setup_logging()
+    bound_heap()  # memory that does not grow with the work done (kdflow.memory)
     cfg = Config.from_yaml(config_yaml)
     return _summary(preprocess(data_uri, out_dir, cfg.data, expected_source))
 
@@ -31,6 +33,7 @@ def run_plan_preprocess(data_uri: str, config_yaml: str) -> list[int]:
     """The part indices of a fanned-out preprocess (one decode task each): ``data.files_per_part``
     files per part."""
     setup_logging()
+    bound_heap()  # memory that does not grow with the work done (kdflow.memory)
     cfg = Config.from_yaml(config_yaml)
     return list(range(plan_parts(data_uri, cfg.data.files_per_part)))
 
@@ -53,6 +56,7 @@ def run_preprocess_part(data_uri: str, config_yaml: str, work_dir: str, part: in
     task is cheap). ``expected_source`` (the raw folder's fingerprint) names the spool folder; it is
     checked by the assemble task, not here (that would hash a local folder once per part)."""
     setup_logging()
+    bound_heap()  # memory that does not grow with the work done (kdflow.memory)
     cfg = Config.from_yaml(config_yaml)
     return decode_part(data_uri, _spools(work_dir, expected_source), cfg.data, int(part),
                        _parts(data_uri, cfg, parts))
@@ -64,6 +68,7 @@ def run_preprocess_assemble(data_uri: str, config_yaml: str, work_dir: str, out_
     as given to them); the same dict as ``run_preprocess``. The spools stay (a retried assemble needs
     them): give the work prefix a lifecycle rule, they hold the decoded images."""
     setup_logging()
+    bound_heap()  # memory that does not grow with the work done (kdflow.memory)
     cfg = Config.from_yaml(config_yaml)
     return _summary(assemble(data_uri, _spools(work_dir, expected_source), out_dir, cfg.data,
                              _parts(data_uri, cfg, parts), expected_source))

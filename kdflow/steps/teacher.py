@@ -17,6 +17,7 @@ from kdflow.data.shards import DatasetManifest
 from kdflow.errors import KdflowError
 from kdflow.evaluation.teacher_floor import teacher_floor_error
 from kdflow.logs import setup_logging
+from kdflow.memory import bound_heap
 from kdflow.models.loading import TeacherSource
 from kdflow.softlabels import views
 from kdflow.softlabels.cache import EntrySpec, SoftLabelCache
@@ -74,6 +75,7 @@ def prepare(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_uri: str
             tracking_uri: str | None = None) -> TeacherJob:
     """Resolve the job; checks that the teacher is the one the run started with (``expected_digest``)."""
     setup_logging()
+    bound_heap()  # memory that does not grow with the work done (kdflow.memory)
     cfg = Config.from_yaml(config_yaml)
     if not teacher_uri:
         raise KdflowError("no teacher given", "pass a teacher (TorchScript, checkpoint or models:/ URI)")

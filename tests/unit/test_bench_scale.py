@@ -24,15 +24,16 @@ def test_quick_scale_benchmark_measures_every_step_in_its_own_process(tmp_path):
         assert m["peak_rss_kib"] > 50 * 1024  # an interpreter with torch: tens of MiB at the very least
         assert m["tree_peak_kib"] >= m["peak_rss_kib"] and m["wall_s"] > 0
     # Each step ran for real on its own outputs: shards, a cache miss, one epoch.
-    assert sum(rows[("preprocess", 2000)]["result"]["counts"].values()) == 2000
-    assert rows[("teacher", 2000)]["result"] == {"step": "teacher", "cache_hit": False, "views": 1}
-    assert "train_loss" in rows[("train", 2000)]["result"]["final_metrics"]
+    largest = scale.QUICK_SIZES[-1]
+    assert sum(rows[("preprocess", largest)]["result"]["counts"].values()) == largest
+    assert rows[("teacher", largest)]["result"] == {"step": "teacher", "cache_hit": False, "views": 1}
+    assert "train_loss" in rows[("train", largest)]["result"]["final_metrics"]
     text = out.read_text()
     assert "## Scale, quick (" in text and "Command: `kdflow bench scale" in text
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| step | N | peak RSS (MiB) | growth vs smallest N |")
     assert len(table) == 1 + len(scale.STEPS) * len(scale.QUICK_SIZES)
-    assert table[1].startswith("| preprocess | 500 |") and "| +0.0% |" in table[1]
+    assert table[1].startswith(f"| preprocess | {scale.QUICK_SIZES[0]} |") and "| +0.0% |" in table[1]
     verdicts = [line for line in text.splitlines() if line.startswith("- ")]
     assert [v.split(":")[0] for v in verdicts] == ["- preprocess", "- teacher", "- train"]
     assert all(("PASS" in v) != ("FAIL" in v) for v in verdicts)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdflow.config import AugmentConfig
+from kdflow.config import AugmentConfig, TrainConfig
 from kdflow.data import stream
 from kdflow.data.shards import FORMAT, DatasetManifest, SplitArrays, write_manifest, write_split_shards
 from kdflow.errors import ConfigError, DataError
@@ -313,3 +313,35 @@ def test_make_batches_keeps_small_splits_resident_and_streams_large_ones(tmp_pat
     assert isinstance(make_batches(ds, "train", 8, CPU, resident="always"), ArrayBatches)
     monkeypatch.setattr(streaming, "RESIDENT_CPU_MAX_BYTES", 1 << 30)
     assert isinstance(make_batches(ds, "train", 8, CPU, resident="never"), ShardBatches)
+
+
+def test_training_from_streamed_shards_does_not_wait_for_the_device_per_step(tmp_path, monkeypatch):
+    """The trainer's no-host-sync guarantee holds on the streamed path too: reads of device values stay
+    the same for 9 steps an epoch as for 45 (the shard count, read per shard, is the same: 3)."""
+    from kdflow.distillers import build_distiller, get_distiller_class
+    from kdflow.models import Classifier, create_model
+    from kdflow.training.trainer import fit
+
+    reads = {"n": 0}
+    for method in ("item", "__bool__", "__float__", "__int__", "tolist"):
+        real = getattr(torch.Tensor, method)
+
+        def counted(self, *args, _real=real, **kwargs):
+            reads["n"] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
+
+    def reads_for(n: int) -> tuple[int, int]:
+        ds = _dataset(tmp_path / str(n), n=n, shard_size=n // 3, size=8)
+        torch.manual_seed(0)
+        student = Classifier(create_model("convnet_xs", 3), (0.5,) * 3, (0.25,) * 3)
+        distiller = build_distiller("ce", student, None, get_distiller_class("ce").Options())
+        batches = ShardBatches(ds, "train", 4, CPU, augmentation=AUG, shuffle_shards=2)
+        reads["n"] = 0
+        fit(distiller, batches, TrainConfig(epochs=1, batch_size=4, lr=0.05, device="cpu"))
+        return reads["n"], batches.steps_per_epoch()
+
+    few, few_steps = reads_for(36)
+    many, many_steps = reads_for(180)
+    assert many_steps >= 5 * few_steps and many == few, (few, few_steps, many, many_steps)

@@ -78,3 +78,32 @@ def run_kdflow(*args, cwd, env=None, timeout=600) -> subprocess.CompletedProcess
     return subprocess.run([sys.executable, "-c", "from kdflow.cli import entrypoint; entrypoint()", *args],
                           cwd=cwd, env={**base, **(env or {}), "PYTHONPATH": ROOT}, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def class_arrays(n_per_class: int = 12, size: int = 8):
+    """``n_per_class`` generated pictures of each of 3 classes as a split (ids are row numbers)."""
+    from kdflow.data.shards import SplitArrays
+
+    images, labels = [], []
+    for label in range(3):
+        for i in range(n_per_class):
+            images.append(class_image(label, seed=label * 100 + i, size=size))
+            labels.append(label)
+    return SplitArrays(np.stack(images), np.array(labels), np.array([f"{i:016x}" for i in range(len(labels))]))
+
+
+def count_device_reads(monkeypatch) -> dict:
+    """Count every read of a tensor's value on the host (item, bool, float, int, tolist): each is a
+    sync point on a GPU. Returns the counter, {"n": reads so far}; reset it by assigning 0."""
+    import torch
+
+    reads = {"n": 0}
+    for method in ("item", "__bool__", "__float__", "__int__", "tolist"):
+        real = getattr(torch.Tensor, method)
+
+        def counted(self, *args, _real=real, **kwargs):
+            reads["n"] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
+    return reads

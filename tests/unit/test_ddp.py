@@ -7,7 +7,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,7 +16,7 @@ from kdflow.data.shards import SplitArrays
 from kdflow.errors import ConfigError
 from kdflow.training import distributed, launch
 from kdflow.training.distributed import DistContext
-from tests.helpers import class_image
+from tests.helpers import class_arrays
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = "test_ddp_mlp"  # a student without BatchNorm: DDP equals one process exactly only without it
@@ -50,12 +49,7 @@ def _register() -> None:
 
 
 def _arrays(n_per_class: int = 12) -> SplitArrays:
-    images, labels = [], []
-    for label in range(3):
-        for i in range(n_per_class):
-            images.append(class_image(label, seed=label * 100 + i, size=8))
-            labels.append(label)
-    return SplitArrays(np.stack(images), np.array(labels), np.array([f"{i:016x}" for i in range(len(labels))]))
+    return class_arrays(n_per_class)
 
 
 def _distiller(method: str = "ce"):

@@ -24,6 +24,7 @@ from kdflow.training import streaming
 from kdflow.training.batches import ArrayBatches
 from kdflow.training.streaming import ShardBatches, make_batches
 from kdflow.training.trainer import predict
+from tests.helpers import count_device_reads
 
 CPU = torch.device("cpu")
 AUG = AugmentConfig(crop="pad", padding=2, flip=True)
@@ -322,15 +323,7 @@ def test_training_from_streamed_shards_does_not_wait_for_the_device_per_step(tmp
     from kdflow.models import Classifier, create_model
     from kdflow.training.trainer import fit
 
-    reads = {"n": 0}
-    for method in ("item", "__bool__", "__float__", "__int__", "tolist"):
-        real = getattr(torch.Tensor, method)
-
-        def counted(self, *args, _real=real, **kwargs):
-            reads["n"] += 1
-            return _real(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, method, counted)
+    reads = count_device_reads(monkeypatch)
 
     def reads_for(n: int) -> tuple[int, int]:
         ds = _dataset(tmp_path / str(n), n=n, shard_size=n // 3, size=8)

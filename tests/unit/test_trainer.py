@@ -2,29 +2,22 @@
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
 from kdflow.config import TrainConfig
-from kdflow.data.shards import SplitArrays
 from kdflow.distillers import build_distiller, get_distiller_class
 from kdflow.errors import KdflowError
 from kdflow.models import Classifier, create_model
 from kdflow.training.batches import ArrayBatches
 from kdflow.training.trainer import fit
-from tests.helpers import class_image
+from tests.helpers import class_arrays, count_device_reads
 
 CFG = TrainConfig(epochs=3, batch_size=8, lr=0.05, seed=1, warmup_epochs=1)
 
 
 def _arrays(n_per_class=12):
-    images, labels = [], []
-    for label in range(3):
-        for i in range(n_per_class):
-            images.append(class_image(label, seed=label * 100 + i, size=8))
-            labels.append(label)
-    return SplitArrays(np.stack(images), np.array(labels), np.array([f"{i:016x}" for i in range(len(labels))]))
+    return class_arrays(n_per_class)
 
 
 HINT = {"pairs": [{"teacher": "stages.1", "student": "stages.0", "weight": 1.0}]}
@@ -114,15 +107,7 @@ def test_full_fp32_turns_tf32_off_and_restores_it():
 def test_the_step_loop_does_not_wait_for_the_device(monkeypatch):
     """No host sync per step: reads of device values (item, bool, float, int, tolist) stay the same
     whether an epoch has 5 steps or 45 (on a GPU each would stall the queue)."""
-    reads = {"n": 0}
-    for method in ("item", "__bool__", "__float__", "__int__", "tolist"):
-        real = getattr(torch.Tensor, method)
-
-        def counted(self, *args, _real=real, **kwargs):
-            reads["n"] += 1
-            return _real(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, method, counted)
+    reads = count_device_reads(monkeypatch)
 
     def reads_for(n_per_class: int, method: str) -> int:
         torch.manual_seed(0)

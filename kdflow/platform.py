@@ -110,7 +110,7 @@ class Platform:
     distill_gpus: int = 1
     # Nodes of the student distillation: with more than 1 the distill pipeline submits it as a
     # Kubeflow Trainer job (TrainJob on the torch-distributed runtime) of distill_nodes x distill_gpus
-    # processes and waits for it (kdflow.trainjob; docs/cluster.md).
+    # processes and waits for it (kdflow.trainjob; docs/cluster.md). A sweep's trials stay on one node.
     distill_nodes: int = 1
     # Where GPU steps may run: the label NVIDIA's GPU feature discovery puts on GPU nodes, and the
     # taint GPU node pools usually carry (GKE, EKS and AKS taint them nvidia.com/gpu).

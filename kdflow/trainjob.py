@@ -94,8 +94,12 @@ class JobInputs:
                   "pass an object-storage URI (s3://...) that every node of the job can read")
 
 
+SHARD_CACHE = "/tmp/kdflow-shards"  # the shard disk cache the ranks of a node share
+
+
 def _env(inputs: JobInputs, platform: Platform) -> list[dict]:
-    env = [{"name": CONFIG_ENV, "value": inputs.config_yaml}]
+    # The ranks of a node share its container: one disk cache of the dataset's shards, not one each.
+    env = [{"name": CONFIG_ENV, "value": inputs.config_yaml}, {"name": "KDFLOW_SHARD_CACHE", "value": SHARD_CACHE}]
     if inputs.tracking_uri:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": inputs.tracking_uri})
     env += [{"name": k, "value": str(v)} for k, v in sorted(inputs.extra_env.items())]
@@ -196,9 +200,12 @@ class Kubectl:
     def _run(self, args: list[str], stdin: str | None = None) -> dict:
         proc = subprocess.run([self.kubectl, *args], input=stdin, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise KdflowError(f"kubectl {' '.join(args[:2])} failed: {proc.stderr.strip()}",
+            exc = KdflowError(f"kubectl {' '.join(args[:2])} failed: {proc.stderr.strip()}",
                               "check kubectl's context and that the job's CRD (Kubeflow Trainer or the training "
                               "operator) is installed")
+            # What the kubernetes client's ApiException carries: the HTTP status _create tells apart.
+            exc.status = 409 if "AlreadyExists" in proc.stderr else 404 if "NotFound" in proc.stderr else None
+            raise exc
         return json.loads(proc.stdout) if proc.stdout.strip() else {}
 
     def create_namespaced_custom_object(self, group, version, namespace, plural, body):
@@ -208,7 +215,8 @@ class Kubectl:
         return self._run(["get", f"{plural}.{group}", name, "-n", namespace, "-o", "json"])
 
     def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
-        return self._run(["delete", f"{plural}.{group}", name, "-n", namespace, "--wait=false", "-o", "name"])
+        return self._run(["delete", f"{plural}.{group}", name, "-n", namespace, "--wait=false", "--cascade=foreground",
+                          "-o", "name"])
 
 
 def default_api() -> CustomObjects:
@@ -256,13 +264,17 @@ def _create(api: CustomObjects, job: dict, where: tuple[str, str, str, str, str]
     except Exception as exc:  # the kubernetes client's ApiException, kubectl's error: both carry .status
         if getattr(exc, "status", None) != 409:
             raise
-    state, _ = job_state(api.get_namespaced_custom_object(group, version, namespace, plural, name), job["kind"])
-    if state != "failed":
+    current = api.get_namespaced_custom_object(group, version, namespace, plural, name)
+    state, _ = job_state(current, job["kind"])
+    deleting = bool(current.get("metadata", {}).get("deletionTimestamp"))  # e.g. an attempt that timed out
+    if state != "failed" and not deleting:
         log.info("%s %s/%s already exists (a retried task): waiting for it", job["kind"], namespace, name)
         return
-    log.info("%s %s/%s failed in an earlier attempt: replacing it", job["kind"], namespace, name)
-    api.delete_namespaced_custom_object(group, version, namespace, plural, name)
-    for _ in range(polls):  # deletion is asynchronous (finalizers): wait until the name is free
+    log.info("%s %s/%s %s in an earlier attempt: replacing it", job["kind"], namespace, name,
+             "was deleted" if deleting else "failed")
+    if not deleting:
+        api.delete_namespaced_custom_object(group, version, namespace, plural, name)
+    for _ in range(polls):  # deletion is asynchronous (its pods go first): wait until the name is free
         try:
             api.get_namespaced_custom_object(group, version, namespace, plural, name)
         except Exception as exc:
@@ -270,6 +282,9 @@ def _create(api: CustomObjects, job: dict, where: tuple[str, str, str, str, str]
                 break
             raise
         sleep(5.0)
+    else:
+        raise KdflowError(f"{job['kind']} {namespace}/{name} from an earlier attempt is still being deleted",
+                          f"wait for it to go (kubectl get -n {namespace} {plural}.{group} {name}), then retry")
     api.create_namespaced_custom_object(group, version, namespace, plural, job)
     log.info("resubmitted %s %s/%s", job["kind"], namespace, name)
 

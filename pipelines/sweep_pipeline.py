@@ -38,7 +38,7 @@ def make_sweep_pipeline(parallelism: int = CLUSTER_PARALLELISM, platform: Platfo
     def gpu(task, cache: bool = False, gpus: int | None = None):
         return gpu_step(task, platform, gpus).set_caching_options(cache)
 
-    def cached_cpu(task, cache: bool = True):  # preprocess: its parts and assembly are content-keyed
+    def cached_cpu(task, cache: bool = True):  # preprocess: its assembly is content-keyed (parts never cache)
         return cpu(task, cache)
 
     local = platform is None

@@ -234,7 +234,8 @@ def assemble(data_uri: str, work_root: str, out_root: str, cfg: DataConfig, part
 
 def preprocess(data_uri: str, out_root: str, cfg: DataConfig, expected_source: str = "") -> DatasetManifest:
     """Ingest ``data_uri`` (an image folder: a local path, ``file://`` or ``s3://bucket/prefix/``) and
-    write shards plus manifest under ``out_root``: both phases on this machine, phase 1 on every core.
+    write shards plus manifest under ``out_root``: both phases on this machine, phase 1 on the CPUs
+    this process may use (affinity mask, cgroup quota).
 
     ``expected_source``: see ``assemble``. The manifest is written last: a folder without one is not
     a dataset. The spools go to a temp folder (``TMPDIR``; it needs room for the decoded images),
@@ -267,7 +268,7 @@ def preprocess(data_uri: str, out_root: str, cfg: DataConfig, expected_source: s
                 except BaseException:
                     ex.shutdown(wait=True, cancel_futures=True)  # a failed part: do not decode the rest
                     raise
-        del jobs  # each held its part's candidates
+        jobs = args = None  # each job, and the in-process loop's last one, held its part's candidates
         return _assemble(scanned, work, out_root, cfg, parts)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -2,13 +2,13 @@
 
 Layout under the cache root (a folder, ``file://`` or ``s3://``)::
 
-    softlabels/v3/views/<view key>/<split>-NNNNN.kdsl  values, index, tail (codec.encode: float16/uint),
+    softlabels/v4/views/<view key>/<split>-NNNNN.kdsl  values, index, tail (codec.encode: float16/uint),
                                                        params for augmented views (the view's crop box
                                                        and flip, int16 [n, 5]) and two digests
                                                        (labeller.py); one file per dataset shard
-    softlabels/v3/views/<view key>/manifest.json       written last: the view's commit; per shard its
+    softlabels/v4/views/<view key>/manifest.json       written last: the view's commit; per shard its
                                                        size, sha256 and the digest of its sample ids
-    softlabels/v3/entries/<key>.json                   the entry: the list of its views, written
+    softlabels/v4/entries/<key>.json                   the entry: the list of its views, written
                                                        after every view is complete
 
 At k = 10 and 1000 classes a sample's labels take 44 bytes per view, 54 with an augmented view's
@@ -58,8 +58,8 @@ from kdflow.storage import join, storage_for
 
 log = logging.getLogger(__name__)
 
-FORMAT = "kdflow.softlabels/3"
-LAYOUT = "v3"
+FORMAT = "kdflow.softlabels/4"
+LAYOUT = "v4"
 MANIFEST = "manifest.json"
 CODEC = ("values", "index", "tail_lse", "tail_mean")
 

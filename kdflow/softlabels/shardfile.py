@@ -44,6 +44,8 @@ def pack(stored: dict[str, np.ndarray], params: np.ndarray | None, shard_sha256:
     index = np.asarray(stored["index"])
     n, k = values.shape
     width = index.dtype.itemsize
+    if not all(len(d) == 64 for d in (shard_sha256, ids_sha256)):
+        raise ValueError("shard_sha256 and ids_sha256 must be sha256 hex digests (64 characters)")
     if width not in _INDEX or index.shape != (n, k) or tail.shape != (n, 2):
         raise ValueError(f"cannot pack index {index.dtype} {index.shape}, tail {tail.shape} with values {(n, k)}")
     parts = [MAGIC, _HEADER.pack(n, k, width, params is not None), bytes.fromhex(shard_sha256),

@@ -108,8 +108,10 @@ def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softla
                   if cfg.replays_cache() else None)
     checkpoints = join(out_dir, "checkpoints")  # shared by the ranks (object storage across nodes)
     resident = cfg.train.resident
-    if resident == "auto" and (previous := checkpointed_resident(checkpoints)) is not None:
-        resident = "always" if previous else "never"  # a resumed run keeps its data order
+    # A resumed run keeps its data order: rank 0 reads the checkpoint, and its decision is every rank's.
+    if resident == "auto" and ctx.is_main and (previous := checkpointed_resident(checkpoints)) is not None:
+        resident = "always" if previous else "never"
+        log.info("resuming with the %s split the checkpoint was trained on", "resident" if previous else "streamed")
     train = make_batches(dataset, "train", cfg.train.batch_size, device, soft=soft_train,
                          augmentation=cfg.augment, resident=resident,
                          agree=lambda keep: distributed.broadcast_object(keep, ctx))

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import torch
 
+from kdflow.cpus import available_cpus
 from kdflow.data.stream import CACHE_DIR_ENV
 from kdflow.errors import ConfigError, KdflowError
 from kdflow.training.distributed import is_torchrun_worker
@@ -68,7 +69,7 @@ def run_workers(processes: int, module: str, args: Sequence[str]) -> None:
     env = dict(os.environ)
     # Each worker sees the others' CPUs busy: cap the CPU threads per worker (torchrun would print
     # a warning and set 1; this is the same but quiet, and only when the user has not chosen).
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, available_cpus() // processes)))
     # One local disk cache of remote shards for all workers (each reads every shard of its windows):
     # without it each would download the dataset into a temp folder of its own.
     shared = None if env.get(CACHE_DIR_ENV) else tempfile.mkdtemp(prefix="kdflow-shards-")

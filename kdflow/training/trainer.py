@@ -281,6 +281,11 @@ def fit(
         start_epoch, start_step, metrics = state["epoch"] + 1, state.get("step", 0), state["metrics"]
         partial = state.get("partial")
         log.info("resuming from %s at epoch %d, step %d", ckpt_uri, start_epoch, start_step)
+        if start_step and state.get("resident") not in (None, isinstance(train, ArrayBatches)):
+            log.warning("the checkpoint was trained on a %s split and this run %s it: the rest of epoch %d "
+                        "visits the samples in another order (leave train.resident at auto to keep it)",
+                        "resident" if state["resident"] else "streamed",
+                        "holds" if isinstance(train, ArrayBatches) else "streams", start_epoch + 1)
 
     def checkpoint(epoch_done: int, step: int, partial_totals: dict | None) -> None:
         """``epoch_done``: the last finished epoch; ``step``: steps done in the next one (0 at an epoch end)."""

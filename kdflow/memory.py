@@ -3,9 +3,10 @@
 glibc's malloc serves blocks above a threshold with mmap and gives them back on free, but it raises
 that threshold (up to 32 MiB) each time such a block is freed. After the first few batches every
 activation, batch and shard buffer below 32 MiB then comes from the heap, whose freed blocks glibc
-keeps: a teacher labelling 40,000 64-px images peaked 45% higher than one labelling 10,000, with no
+keeps: a teacher labelling 40,000 64-px images peaked 15% higher than one labelling 10,000, with no
 live data to show for it. A fixed threshold keeps large blocks on mmap, so what the step frees goes
-back to the OS (measured on the same 40,000 images: 990 MiB -> 670 MiB peak RSS; docs/benchmarks.md).
+back to the OS (measured on 40,000 64-px images: the teacher step peaked at 990 MiB before, 670 MiB with
+the threshold fixed; docs/benchmarks.md, "Scale").
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ from kdflow.distillers import build_distiller, get_distiller_class
 from kdflow.models import Classifier, create_model
 from kdflow.training.batches import ArrayBatches
 from kdflow.training.trainer import CHECKPOINT, fit
-from tests.unit.test_trainer import _arrays
+from tests.helpers import class_arrays as _arrays
 
 ROOT = Path(__file__).resolve().parents[2]
-LIMIT_S = 120
+HANG_S = 900  # a guard against a hung compiler, not a speed limit: past it the test fails
 
 
 def compiled_run(out: str) -> None:
@@ -41,16 +41,13 @@ def _distiller():
 
 
 def test_a_compiled_student_trains_and_its_checkpoint_loads_uncompiled(tmp_path):
-    """Run in a subprocess with a time limit: inductor compiles C++ on the CPU, which takes tens of
-    seconds on a busy machine; past the limit the test is skipped, saying so (a compile error fails it)."""
+    """Run in a subprocess (inductor compiles C++ on the CPU and keeps state per process). Skipped only
+    where the machine has no C++ compiler at all; a compile error or a hang fails it."""
     if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
         pytest.skip("torch.compile on the CPU needs a C++ compiler, and there is none here")
     code = f"from tests.unit.test_compile import compiled_run; compiled_run({str(tmp_path)!r})"
-    try:
-        run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                             timeout=LIMIT_S, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"torch.compile of one tiny epoch took over {LIMIT_S} s on this CPU")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=HANG_S, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 0, run.stderr[-3000:]
     state = torch.load(io.BytesIO((tmp_path / CHECKPOINT).read_bytes()), weights_only=True)
     assert not any("_orig_mod" in k for k in state["model"])

@@ -14,7 +14,7 @@ PYTEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-component test-pipeline test-e2e compile clean bench-scale bench-throughput \
+.PHONY: help install run test test-unit test-component test-pipeline test-e2e test-faults compile clean bench-scale bench-throughput \
         images image-cpu image-gpu push test-docker wheelhouse base-image docker-engine
 
 # Container images (images/README.md). Tags: the package version, under the prefix the pipeline's
@@ -68,6 +68,9 @@ test-pipeline: install ## Compile the pipeline and check the spec
 
 test-e2e: install ## Whole pipeline against real MLflow and S3 servers on loopback
 	$(PYTEST) tests/e2e $(PYTEST_ARGS)
+
+test-faults: install ## Fault suite: killed steps, S3 behind a fault proxy, races, hostile input (docs/reliability.md)
+	$(PYTEST) tests/faults $(PYTEST_ARGS)
 
 bench-scale: install ## Peak RSS of preprocess, teacher inference, training at 10k/40k/160k images (CPU; SIZES=a,b,c)
 	$(KDFLOW) bench scale $(if $(SIZES),--sizes $(SIZES))

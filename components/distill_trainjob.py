@@ -22,6 +22,7 @@ def distill_trainjob(
     platform: str = "",
     timeout_s: float = 86400.0,
     teacher_digest: str = "",
+    pipeline_run_id: str = "",
 ) -> NamedTuple("DistillOutputs", run_id=str, model_uri=str):
     """Distil on ``num_nodes`` x ``gpus_per_node`` GPUs as a Kubeflow Trainer job (``kind`` TrainJob on the
     ``runtime`` ClusterTrainingRuntime, or a PyTorchJob) and wait for it; this pod only submits and polls.
@@ -32,6 +33,6 @@ def distill_trainjob(
 
     r = run_trainjob(dataset.uri, soft_labels.uri, config, model.uri, tracking_uri, image, "", namespace, kind,
                      num_nodes, gpus_per_node, runtime, pipeline_run, platform, timeout_s,
-                     teacher_digest=teacher_digest)
+                     teacher_digest=teacher_digest, pipeline_run_id=pipeline_run_id)
     model.metadata.update({"run_id": r["run_id"], "model_uri": r["model_uri"], "job": r["job"]})
     return namedtuple("DistillOutputs", ["run_id", "model_uri"])(r["run_id"], r["model_uri"])

@@ -48,8 +48,10 @@ def _local_inputs(base, data, teacher, workdir, cache_uri, tracking_uri):
     """The run's inputs resolved under the work folder (defaults said on stderr): (config, workdir)."""
     from kdflow.inputs import default_workdir, resolve_inputs
     from kdflow.logs import setup_logging
+    from kdflow.redact import refuse_run_inputs
 
     setup_logging()
+    refuse_run_inputs(base, data, teacher, cache_uri, tracking_uri)  # before anything is written
     workdir = (workdir or default_workdir()).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     cfg, notes = resolve_inputs(base, workdir, data, teacher, cache_uri, tracking_uri)
@@ -378,10 +380,15 @@ def entrypoint() -> None:
     except click.exceptions.Abort:
         sys.exit(1)
     except click.ClickException as exc:
+        from kdflow.redact import redact_text
+
+        exc.message = redact_text(exc.message)
         exc.show()
         sys.exit(exc.exit_code)
     except KdflowError as exc:
-        click.echo(f"error: {exc.problem}", err=True)
+        from kdflow.redact import redact_text  # a message may quote a URI or a library's error text
+
+        click.echo(f"error: {redact_text(exc.problem)}", err=True)
         if exc.fix:
-            click.echo(f"  fix: {exc.fix}", err=True)
+            click.echo(f"  fix: {redact_text(exc.fix)}", err=True)
         sys.exit(2)

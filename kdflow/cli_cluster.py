@@ -16,7 +16,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import click
 from click.core import ParameterSource
@@ -33,27 +32,25 @@ IMAGE_PREFIX_ENV = "KDFLOW_IMAGE_PREFIX"
 _S3 = re.compile(r"s3://[^/\s]+(/\S*)?")
 _MLFLOW = re.compile(r"(models|runs):/\S+")  # resolved through the MLflow server (TeacherSource.is_mlflow)
 _HTTP = re.compile(r"https?://\S+")
-_USERINFO = re.compile(r"^([A-Za-z][\w+.-]*://)[^/?#]*@")
 # Docker Hub spells the namespace of the unpublished default images (components/images.py) several ways.
 _DOCKER_HUB = re.compile(r"^(?:(?:index\.|registry-1\.)?docker\.io/)?(?:library/)?")
 
 
 def has_userinfo(uri: str) -> bool:
-    """Whether ``uri`` carries a user name or password (``scheme://user:password@host``)."""
-    try:
-        parts = urlsplit(uri)
-        return bool(parts.username or parts.password)
-    except ValueError:  # unparsable (e.g. a broken IPv6 host): look for an @ before the path
-        return bool(_USERINFO.match(uri))
+    """Whether ``uri`` carries a credential: user-info (``scheme://user:password@host``) or a token
+    query (a presigned URL's signature, ``?token=``); see kdflow.redact.has_credentials."""
+    from kdflow.redact import has_credentials
+
+    return has_credentials(uri)
 
 
 def redacted(uri: str, mask: str = "***@") -> str:
-    """``uri`` with its user info replaced by ``mask`` (an error message must not repeat a password)."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return _USERINFO.sub(lambda m: m[1] + mask, uri)
-    return parts._replace(netloc=mask + parts.netloc.rpartition("@")[2]).geturl() if "@" in parts.netloc else uri
+    """``uri`` safe to show: its user info replaced by ``mask`` ("" drops it, for a fix to copy) and
+    its query values masked (kdflow.redact.redact_uri)."""
+    from kdflow.redact import MASK, redact_uri
+
+    shown = redact_uri(uri)
+    return shown.replace(f"//{MASK}@", f"//{mask}", 1) if mask != f"{MASK}@" else shown
 
 
 def _refuse_credentials(key: str, flag: str, uri: str) -> None:
@@ -61,8 +58,9 @@ def _refuse_credentials(key: str, flag: str, uri: str) -> None:
         return
     where = ("MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the `kdflow-mlflow`"
              if key == "tracking_uri" else "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the `kdflow-s3`")
-    fix = f"put {where} Kubernetes secret (docs/cluster.md section 4) and pass {flag} {redacted(uri, '')}"
-    raise KdflowError(f"{key} {redacted(uri)} carries a user name or password: it would be a pipeline "
+    bare = redacted(uri, "").split("?", 1)[0]  # without user-info or query: what to pass instead
+    fix = f"put {where} Kubernetes secret (docs/cluster.md section 4) and pass {flag} {bare}"
+    raise KdflowError(f"{key} {redacted(uri)} carries a user name or password (or a token): it would be a pipeline "
                       "parameter, readable by anyone who can see the run", fix)
 
 
@@ -127,6 +125,10 @@ def run_parameters(cfg: Config, declared: dict, skip_unchanged: bool, auto_promo
     compiled pipeline declares them (older pipelines do not: said on stderr)."""
     parameters = {"data_uri": cfg.data_uri, "teacher_uri": cfg.teacher_uri, "config": cfg.to_yaml(),
                   "cache_uri": cfg.cache_uri, "tracking_uri": cfg.tracking_uri or ""}
+    from kdflow.redact import refuse_secrets_in
+
+    for name, value in parameters.items():  # the last look before they leave this machine
+        refuse_secrets_in(str(value), f"pipeline parameter {name}")
     for name, value, otherwise in ((SKIP_PARAMETER, skip_unchanged, "every run retrains"),
                                    (PROMOTE_PARAMETER, auto_promote, "nothing is promoted automatically")):
         if name in declared:

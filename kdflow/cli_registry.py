@@ -15,15 +15,20 @@ import click
 from kdflow.errors import KdflowError
 
 
-def resolve_tracking_uri(given: str | None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the local store `kdflow run` writes by default
+def resolve_tracking_uri(given: str | None) -> str | None:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI (None: read where it is used, and it may carry
+    credentials, which only the environment may), else the local store `kdflow run` writes by default
     (WORKDIR/mlflow.db) when it exists; never a new empty store, which would only say "no model"."""
     from kdflow.inputs import default_workdir
+    from kdflow.redact import refuse_credentials
 
     if given:
+        # A command line is seen by every process list and shell history: credentials come from the
+        # environment (MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN), never from the flag.
+        refuse_credentials(given, "--tracking-uri")
         return given
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+        return None
     db = default_workdir() / "mlflow.db"
     if db.is_file():
         return f"sqlite:///{db}"

@@ -61,6 +61,10 @@ class DataConfig:
     # Pipeline fan-out of preprocess: one decode task per this many files (the dataset does not
     # depend on it); a local run cuts its own, smaller parts for its process pool.
     files_per_part: int = 20000
+    # Files larger than this many bytes are dropped unread (a report entry), judged from the listing
+    # (local size, S3 object size) before any byte is fetched; 0: no cap. Pictures declaring over
+    # ~89.5 Mpx are dropped from their header whatever this says (decompression bombs).
+    max_file_bytes: int = 64 << 20
 
     def rows_per_shard(self) -> int:
         """``shard_size``, or when 0 the row count that makes a shard about SHARD_TARGET_BYTES."""
@@ -79,6 +83,8 @@ class DataConfig:
                "plus data.test_fraction leaves no training data", "make their sum less than 1")
         _check(self.shard_size >= 0, "data.shard_size", f"is {self.shard_size}",
                "use a positive count of samples per shard, or 0 to size shards by bytes")
+        _check(self.max_file_bytes >= 0, "data.max_file_bytes", f"is {self.max_file_bytes}",
+               "use a size in bytes (67108864 is 64 MiB), or 0 for no cap")
         _check(self.files_per_part >= 1, "data.files_per_part", f"is {self.files_per_part}",
                "use a positive number of files per preprocess decode task")
         # Past ~16 of 64 bits unrelated pictures start to match, and the search slows down sharply.
@@ -115,6 +121,10 @@ class TeacherConfig:
     # run's augmentation) before it labels anything. 0 epochs: off, the teacher is used as given.
     adapt_epochs: int = 0
     adapt_lr: float = 0.01  # peak learning rate of the fine-tuning (cosine schedule, train.* otherwise)
+    # A checkpoint that only full pickle can load (a whole pickled model, custom classes) can run any
+    # code while it loads: refused unless this is true. Weights-only checkpoints and TorchScript
+    # never need it. Set it only for a file whose origin you trust.
+    trust_pickle: bool = False
 
     def __post_init__(self) -> None:
         _check(self.adapt_epochs >= 0, "teacher.adapt_epochs", f"is {self.adapt_epochs}", "use 0 (off) or more")
@@ -352,7 +362,9 @@ class Config:
 
     def __post_init__(self) -> None:
         from kdflow.distillers import get_distiller_class
-
+        _check(not self.registry.model_name.endswith(".kdflow-lock"), "registry.model_name",
+               f"is {self.registry.model_name!r}",
+               "the suffix .kdflow-lock is kdflow's registry lock: choose another name")
         get_distiller_class(self.distill.method).check_run(self.distill.options, self)
         if self.augment.active and self.augment.views == 0 and self.replays_cache():
             raise ConfigError(

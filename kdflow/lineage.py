@@ -16,7 +16,8 @@ from kdflow.digest import digest_of
 # Where things are, not what is computed: a run that moves its cache or its MLflow server, or points
 # at the same data/teacher under another URI, has the same config hash (the data and the teacher
 # count through their content digests instead).
-_LOCATIONS = ("data_uri", "teacher_uri", "cache_uri", "tracking_uri")
+# (tracking.log_config redacts the same fields: they are the config's URIs.)
+LOCATIONS = ("data_uri", "teacher_uri", "cache_uri", "tracking_uri")
 # How a student is judged and named, not how it is trained: a new threshold or bootstrap count must not
 # make a scheduled run retrain the same student.
 _JUDGING = ("evaluate", "gate", "registry")
@@ -25,7 +26,7 @@ _JUDGING = ("evaluate", "gate", "registry")
 def config_hash(cfg: Config) -> str:
     """Digest of the run config without its locations and without how the student is judged."""
     data = cfg.to_dict()
-    for key in _LOCATIONS + _JUDGING:
+    for key in LOCATIONS + _JUDGING:
         data.pop(key, None)
     return digest_of(data)
 

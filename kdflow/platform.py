@@ -27,6 +27,10 @@ _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 # Argo/KFP durations for retry back-off: "30s", "5m", "1h".
 _DURATION = re.compile(r"^[0-9]+(s|m|h)$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Kubernetes' own rules for a secret's name (a DNS subdomain) and for its keys. Checking them also
+# catches a credential pasted where a name goes: the file and the compiled spec hold names only.
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 
 def _check(ok: bool, key: str, problem: str, fix: str) -> None:
@@ -135,11 +139,22 @@ class Platform:
         for k, v in self.gpu_node_selector.items():
             _check(isinstance(k, str) and isinstance(v, str), "gpu_node_selector",
                    f"has {k!r}: {v!r}", 'write labels as strings, e.g. "nvidia.com/gpu.present": "true"')
+        secret_fix = ("name a Kubernetes secret (lower-case letters, digits, '-' and '.'; at most 253 characters) "
+                      "and its keys, never a credential: create it with `kubectl create secret generic NAME "
+                      "--from-literal=KEY=VALUE` (docs/cluster.md)")
         for i, s in enumerate(self.secrets):
+            # Not repeated in the message: a value that fails these checks may be the credential itself.
+            _check(isinstance(s.secret, str) and len(s.secret) <= 253 and bool(_SECRET_NAME.match(s.secret)),
+                   f"secrets[{i}].secret", "is not a Kubernetes secret name", secret_fix)
             _check(bool(s.env), f"secrets[{i}].env", "is empty", "map at least one secret key to a variable")
             for key, var in s.env.items():
-                _check(isinstance(key, str) and isinstance(var, str) and bool(_ENV_NAME.match(var)),
+                _check(isinstance(key, str) and bool(_SECRET_KEY.match(key)) and len(key) <= 253,
+                       f"secrets[{i}].env", "has a key that is not a Kubernetes secret key", secret_fix)
+                _check(isinstance(var, str) and bool(_ENV_NAME.match(var)),
                        f"secrets[{i}].env", f"maps {key!r} to {var!r}", "map secret keys to variable names")
+        for name in self.image_pull_secrets:
+            _check(isinstance(name, str) and bool(_SECRET_NAME.match(name)), "image_pull_secrets",
+                   "holds something that is not a Kubernetes secret name", secret_fix)
         r = self.retry
         _check(r.attempts >= 0, "retry.attempts", f"is {r.attempts}", "use 0 (no retries) or more")
         _check(r.factor >= 1, "retry.factor", f"is {r.factor}", "use a factor of 1 or more")

@@ -1,8 +1,9 @@
 """One small interface over object storage: local folders (``file://`` or a plain path) and S3.
 
 Writes are all-or-nothing: a reader sees an object either complete or not at all (a temp file and
-``os.replace`` locally; S3 PUTs are atomic). The S3 client is made at first use, so the endpoint and
-credentials come from the environment at run time (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...).
+``os.replace`` locally; S3 PUTs are atomic). ``write_if_absent`` creates an object only where none
+is (a hard link locally, ``If-None-Match: *`` on S3): the one primitive concurrent runs need to
+agree on who writes a key. The S3 backend (kdflow.s3storage) retries transient failures.
 """
 
 from __future__ import annotations
@@ -52,6 +53,16 @@ class Storage(ABC):
 
     @abstractmethod
     def write_bytes(self, uri: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def write_if_absent(self, uri: str, data: bytes) -> bool:
+        """Create the object at ``uri`` only if nothing is there: True when this call created it,
+        False when an object already existed (nothing was written).
+
+        False means "someone wrote it, maybe this very call": on S3 a PUT whose response was lost
+        is retried, and the retry finds the object its own first attempt created. A caller that
+        gets False must read the object and verify it (e.g. compare a digest), never assume it
+        lost a race to different content, and never assume its own bytes are not there."""
 
     @abstractmethod
     def exists(self, uri: str) -> bool: ...
@@ -104,20 +115,49 @@ class LocalStorage(Storage):
         except FileNotFoundError:
             raise StorageError(f"{uri} does not exist", "check the path or run the step that writes it") from None
 
-    def write_bytes(self, uri: str, data: bytes) -> None:
-        p = local_path(uri)
+    @staticmethod
+    def _temp_beside(p: Path, data: bytes) -> str:
+        """``data`` written and fsynced to a temp file in ``p``'s folder (so a rename or link is atomic);
+        ``.tmp`` names are left out of listings, so a crash leaves a stray file, never a torn object."""
         p.parent.mkdir(parents=True, exist_ok=True)
-        # Write beside the target, then rename: a crash leaves a stray temp file, never a torn object.
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        p = local_path(uri)
+        tmp = self._temp_beside(p, data)
+        try:
             os.replace(tmp, p)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def write_if_absent(self, uri: str, data: bytes) -> bool:
+        p = local_path(uri)
+        # A complete temp file first, then link(2): it fails if the target exists and is atomic, so
+        # the target appears whole or not at all, and exactly one of several racing writers wins.
+        # (os.replace would silently overwrite the winner.)
+        tmp = self._temp_beside(p, data)
+        try:
+            try:
+                os.link(tmp, p)
+            except FileExistsError:
+                return False
+            except OSError as exc:  # EPERM/ENOTSUP: a filesystem without hard links (some FUSE mounts)
+                raise StorageError(f"cannot create {uri} exclusively: {exc}",
+                                   "put this folder on a filesystem with hard links (local disk, NFS) "
+                                   "or use s3://") from exc
+            return True
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def exists(self, uri: str) -> bool:
         return local_path(uri).is_file()
@@ -141,90 +181,5 @@ class LocalStorage(Storage):
         local_path(uri).unlink(missing_ok=True)
 
 
-@register_scheme("s3")
-class S3Storage(Storage):
-    def __init__(self) -> None:
-        self._client = None
-
-    @property
-    def client(self):
-        if self._client is None:
-            import boto3  # boto3 reads AWS_ENDPOINT_URL and credentials now, at run time
-            from botocore.config import Config
-
-            # Preprocess fetches images from several threads; botocore's default pool of 10
-            # connections would make the rest wait and reconnect.
-            self._client = boto3.client("s3", config=Config(max_pool_connections=32))
-        return self._client
-
-    @staticmethod
-    def _split(uri: str) -> tuple[str, str]:
-        u = urlparse(uri)
-        if not u.netloc:
-            raise StorageError(f"S3 URI '{uri}' names no bucket", "write it as s3://BUCKET/KEY")
-        return u.netloc, u.path.lstrip("/")
-
-    def _call(self, what: str, uri: str, fn: Callable, **kwargs):
-        """Run one boto3 call; turn its failures into StorageErrors that say what to fix."""
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-        try:
-            return fn(**kwargs)
-        except NoCredentialsError:
-            raise StorageError(
-                f"no S3 credentials to {what} {uri}",
-                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for MinIO)",
-            ) from None
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code == "NoSuchBucket":
-                raise StorageError(
-                    f"S3 bucket of {uri} does not exist", "create the bucket or fix the URI"
-                ) from None
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise FileNotFoundError(uri) from None
-            raise StorageError(f"S3 refused to {what} {uri}: {code} {exc}", "check access rights") from exc
-        except BotoCoreError as exc:
-            raise StorageError(
-                f"cannot reach S3 to {what} {uri}: {exc}", "check AWS_ENDPOINT_URL and the network"
-            ) from exc
-
-    def read_bytes(self, uri: str) -> bytes:
-        bucket, key = self._split(uri)
-        try:
-            resp = self._call("read", uri, self.client.get_object, Bucket=bucket, Key=key)
-        except FileNotFoundError:
-            raise StorageError(f"{uri} does not exist", "check the URI or run the step that writes it") from None
-        return resp["Body"].read()
-
-    def write_bytes(self, uri: str, data: bytes) -> None:
-        bucket, key = self._split(uri)
-        self._call("write", uri, self.client.put_object, Bucket=bucket, Key=key, Body=data)
-
-    def size(self, uri: str) -> int | None:
-        bucket, key = self._split(uri)
-        try:
-            head = self._call("stat", uri, self.client.head_object, Bucket=bucket, Key=key)
-        except FileNotFoundError:
-            return None
-        return int(head["ContentLength"])
-
-    def exists(self, uri: str) -> bool:
-        return self.size(uri) is not None
-
-    def list_info(self, prefix: str) -> list[ObjectInfo]:
-        bucket, key = self._split(prefix)
-        key = key.rstrip("/") + "/" if key else ""
-        # One ListObjectsV2 call returns at most 1000 keys; the paginator follows the continuation
-        # tokens. Pages are fetched inside _call so a missing bucket mid-listing is a clear error.
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=bucket, Prefix=key)
-        out = []
-        for page in self._call("list", prefix, lambda: list(pages)):
-            out.extend(ObjectInfo(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), obj.get("ETag"))
-                       for obj in page.get("Contents", []))
-        return sorted(out, key=lambda o: o.uri)
-
-    def delete(self, uri: str) -> None:
-        bucket, key = self._split(uri)
-        self._call("delete", uri, self.client.delete_object, Bucket=bucket, Key=key)
+# The S3 backend registers itself for s3:// (imported last: it subclasses Storage).
+from kdflow import s3storage as _s3storage  # noqa: E402,F401

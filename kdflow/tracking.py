@@ -79,10 +79,17 @@ def use_tracking(tracking_uri: str | None) -> str:
     """Point MLflow at ``tracking_uri`` (or $MLFLOW_TRACKING_URI); returns the URI in use."""
     import mlflow
 
+    from kdflow.redact import refuse_credentials
+
+    # The argument is a pipeline parameter or flag, recorded in the spec and the run: no credentials.
+    # $MLFLOW_TRACKING_URI may hold them (a cluster puts it in a Kubernetes secret); it is only read.
+    refuse_credentials(tracking_uri, "the tracking_uri parameter")
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         raise KdflowError("no MLflow tracking URI given",
                           "pass --tracking-uri / the tracking_uri parameter, or set MLFLOW_TRACKING_URI")
+    from kdflow.reach import check_tracking
+    check_tracking(uri)  # unreachable: a clear error in seconds naming the URI, not minutes of retries
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # kdflow's registry is the tracking server's, whatever was set before
     return uri
@@ -109,11 +116,18 @@ def experiment_id(name: str, tracking_uri: str) -> str:
 
 
 def log_config(cfg: Config) -> None:
+    """The run config as MLflow params and as ``config.yaml``, its locations redacted: the entry
+    points refuse a URI with credentials, and this keeps one that got past them out of the record
+    (what is computed does not depend on the locations: kdflow.lineage)."""
     import mlflow
 
-    params = {k: ("null" if v is None else str(v)) for k, v in flatten(cfg.to_dict()).items()}
+    from kdflow.lineage import LOCATIONS
+    from kdflow.redact import redact_text, redact_uri
+
+    cfg = cfg.replace(**{key: redact_uri(getattr(cfg, key)) for key in LOCATIONS if getattr(cfg, key)})
+    params = {k: ("null" if v is None else redact_text(str(v))) for k, v in flatten(cfg.to_dict()).items()}
     mlflow.log_params(params)
-    mlflow.log_text(cfg.to_yaml(), "config.yaml")
+    mlflow.log_text(redact_text(cfg.to_yaml()), "config.yaml")
 
 
 def synthetic_example(channels: int, height: int, width: int) -> torch.Tensor:
@@ -154,6 +168,10 @@ def log_model(model: torch.nn.Module, image_shape: tuple[int, int, int]) -> str:
 
 
 def set_tags(tags: dict[str, Any]) -> None:
+    """Set run tags, with any URI or text in them redacted (kdflow.redact.redact_text): a tag such as
+    TEACHER_URI must not record a token or a password."""
     import mlflow
 
-    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+    from kdflow.redact import redact_text
+
+    mlflow.set_tags({k: redact_text(str(v)) for k, v in tags.items()})

@@ -17,6 +17,8 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Iterator
 
+from kdflow.redact import redact_text
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
@@ -35,16 +37,27 @@ class StepConsole:
         self._recent: deque[str] = deque(maxlen=FAILED_TAIL)  # the current step's last lines
 
     def write(self, text: str) -> int:
-        self.log.write(text)
+        # Whole lines only, each redacted (kdflow.redact: a URI's credentials, the environment's
+        # secret values) before it reaches the log file or the console: a secret split over two
+        # writes is still caught.
         self._partial += text
         *lines, self._partial = self._partial.split("\n")
         for line in lines:
+            line = redact_text(line)
+            self.log.write(line + "\n")
             self._line(_ANSI.sub("", line))
         return len(text)
 
     def flush(self) -> None:
         self.log.flush()
         self.console.flush()
+
+    def close(self) -> None:
+        """Write what is left of an unterminated last line."""
+        if self._partial:
+            self.log.write(redact_text(self._partial))
+            self._partial = ""
+        self.flush()
 
     def isatty(self) -> bool:  # no colours in the log file
         return False
@@ -80,4 +93,4 @@ def steps_to_console(log_path: str | None) -> Iterator[None]:
             try:
                 yield
             finally:
-                sink.flush()
+                sink.close()

@@ -162,12 +162,14 @@ def make_distill_pipeline(platform: Platform | None = None):
                                              config=config, tracking_uri=tracking_uri,
                                              pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                                              num_nodes=platform.distill_nodes, gpus_per_node=platform.distill_gpus,
-                                             platform=platform.to_yaml(), teacher_digest=teacher_digest),
+                                             platform=platform.to_yaml(), teacher_digest=teacher_digest,
+                                             pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
                             cache=False).set_display_name("student-distillation")
             else:
                 train = gpu(distill(dataset=prep.outputs["dataset"], soft_labels=labels.outputs["soft_labels"],
                                     config=config, tracking_uri=tracking_uri,
                                     pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                                    pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                                     teacher_digest=teacher_digest), cache=False,
                             gpus=platform.distill_gpus if platform else None).set_display_name("student-distillation")
             gate = cpu(evaluate(dataset=prep.outputs["dataset"], soft_labels=labels.outputs["soft_labels"],

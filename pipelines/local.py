@@ -25,7 +25,25 @@ def compile_pipeline(path: str, pipeline: str = "distill", platform_file: str | 
         compiler.Compiler().compile(make_distill_pipeline(platform), package_path=path)
     if image_prefix:
         retarget_images(path, image_prefix)
+    _refuse_secrets_in_spec(path)
     return path
+
+
+def _refuse_secrets_in_spec(path: str) -> None:
+    """A spec is shared (uploaded, committed, attached to runs): it names Kubernetes secrets, never
+    holds a credential. Should one have got in anyway (a URI with credentials in a default, a secret
+    value of the compiling environment), the spec is deleted and the compile refused."""
+    import os
+
+    from kdflow.errors import KdflowError
+    from kdflow.redact import refuse_secrets_in
+
+    try:
+        with open(path) as f:
+            refuse_secrets_in(f.read(), "the compiled pipeline")
+    except KdflowError:
+        os.unlink(path)  # nothing half-written, nothing leaked
+        raise
 
 
 def run_local(pipeline_root: str, arguments: dict[str, Any], runner: Any = None, log_file: str | None = None) -> str:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,32 @@ def count_device_reads(monkeypatch) -> dict:
 
         monkeypatch.setattr(torch.Tensor, method, counted)
     return reads
+
+
+@dataclass
+class Ran:
+    """What a CLI call gave: its exit status and its output."""
+
+    code: int
+    out: str
+    err: str
+
+
+def cli_in_process(*args: str, env: dict | None = None) -> Ran:
+    """The ``kdflow`` CLI in this process through its real entry point (exit statuses and error output
+    as a user sees them: a KdflowError is exit 2 there); ``env``: variables set for the call."""
+    from unittest import mock
+
+    from click.testing import CliRunner
+
+    from kdflow.cli import entrypoint
+
+    with CliRunner().isolation(env=env) as (out, err, _), mock.patch.object(sys, "argv", ["kdflow", *args]):
+        try:
+            entrypoint()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return Ran(code, out.getvalue().decode(), err.getvalue().decode())

@@ -37,7 +37,8 @@ from kdflow.data.groups import PHASH, group_samples, phash_batches
 from kdflow.data.imagefolder import Candidate, decode_chunk, scan
 from kdflow.data.shards import FORMAT, DatasetManifest, ShardWriter, fingerprint, write_manifest
 from kdflow.data.source import SourceListing, fingerprint_listing, is_remote, list_source
-from kdflow.data.split import SPLIT_METHOD, FileTable, assign_splits, deduplicate
+from kdflow.data.split import (SPLIT_METHOD, FileTable, assign_splits, check_every_class_kept, deduplicate,
+                               dropped_summary)
 from kdflow.data.spool import (
     SpoolReader,
     SpoolWriter,
@@ -160,7 +161,7 @@ def plan_parts(data_uri: str, files_per_part: int) -> int:
 
 
 def _decode_job(chunk_of: list[Candidate], uri: str, key: str, size: int, resize: str, with_phash: bool,
-                scratch: str, show: bool = False) -> str:
+                scratch: str, max_bytes: int = 0, show: bool = False) -> str:
     """Decode ``chunk_of`` (one part's candidates) into the spool at ``uri``; a top-level function
     so that a process pool can run it. Nothing is left at ``uri`` unless the spool is complete."""
     if spool_is_valid(uri):
@@ -171,7 +172,7 @@ def _decode_job(chunk_of: list[Candidate], uri: str, key: str, size: int, resize
     bar = Progress(len(chunk_of), "preprocess: decode", "img") if show else None
     try:
         for start in range(0, len(chunk_of), DECODE_CHUNK):
-            decoded = decode_chunk(chunk_of[start:start + DECODE_CHUNK], size, resize)
+            decoded = decode_chunk(chunk_of[start:start + DECODE_CHUNK], size, resize, max_bytes)
             for d in decoded:
                 cols["rel"].append(d.rel)
                 cols["label"].append(d.label_name)
@@ -204,10 +205,12 @@ def _part_job(listing_key: str, work_root: str, cfg: DataConfig, part: int, part
               candidates: list[Candidate]) -> tuple[tuple, str]:
     """(arguments of ``_decode_job``, the spool's URI) for one part; ``listing_key``: ``listing_digest``."""
     lo, hi = part_bounds(len(candidates), part, parts)
-    key = spool_key(listing_key, part, parts, cfg.image_size, cfg.resize, cfg.group_by == "phash")
+    key = spool_key(listing_key, part, parts, cfg.image_size, cfg.resize, cfg.group_by == "phash",
+                    cfg.max_file_bytes)
     uri = spool_uri(work_root, part, parts, key)
     scratch = tempfile.gettempdir() if is_remote(work_root) else str(local_path(uri).parent)
-    return (candidates[lo:hi], uri, key, cfg.image_size, cfg.resize, cfg.group_by == "phash", scratch), uri
+    return (candidates[lo:hi], uri, key, cfg.image_size, cfg.resize, cfg.group_by == "phash", scratch,
+            cfg.max_file_bytes), uri
 
 
 def decode_part(listing_or_data_uri: SourceListing | str, work_root: str, cfg: DataConfig, part: int,
@@ -324,7 +327,9 @@ def _write_dataset(scanned: _Scan, files: FileTable, paths: list[Path], out_root
     dropped = stray + [{"path": files.rel[i].decode(), "reason": r} for i, r in sorted(files.reasons.items())]
     samples, dup_report = deduplicate(files, class_names)
     if not len(samples):
-        raise DataError(f"no readable images in {root}", "check the files; the report lists why each was dropped")
+        raise DataError(f"no readable images in {root}: " + dropped_summary(dropped),
+                        "check the files; the reasons above say why each was dropped")
+    check_every_class_kept(files, samples, class_names, dup_report, stray, root)
     grouping = group_samples(samples, cfg, None if files.phash is None else files.phash[samples.refs])
     log.info("preprocess: group_by %s: %d groups of %d samples, largest %d", cfg.group_by, grouping.count,
              len(samples), grouping.largest)

@@ -145,6 +145,39 @@ def deduplicate(files: FileTable, class_names: list[str]) -> tuple[SampleTable, 
     return SampleTable(ids, files.label[refs].astype(np.int64), files.split[refs], files.rel[refs], refs), report
 
 
+def dropped_summary(entries: list[dict], limit: int = 5) -> str:
+    """The first few report entries as one line, for an error raised before the report is written."""
+    if not entries:
+        return "no files at all"
+    shown = "; ".join(f"{e['path']}: {e['reason']}" for e in entries[:limit])
+    return shown + (f"; and {len(entries) - limit} more" if len(entries) > limit else "")
+
+
+def check_every_class_kept(files: FileTable, samples: SampleTable, class_names: list[str],
+                           dup_report: list[dict], stray: list[dict], root: str) -> None:
+    """Refuse a dataset in which a class folder kept no image (empty, every file unreadable, or
+    every picture also filed under another class): the class would still get an index and a
+    logit that nothing teaches, and a teacher's class count would no longer say anything. Raised
+    before anything is written, with the reasons, since no report is written for a failed run."""
+    kept = np.bincount(samples.labels, minlength=len(class_names))
+    empty = [i for i in range(len(class_names)) if kept[i] == 0]
+    if not empty:
+        return
+    why = []
+    for i in empty[:5]:
+        # Skipped entries (a symlink out of the root, a fifo) are not in the table: match their folder.
+        lost = [e for e in stray if class_names[i] in e["path"].split("/")[:-1][:2]]
+        lost += [{"path": files.rel[j].decode(), "reason": r} for j, r in sorted(files.reasons.items())
+                 if files.label[j] == i]
+        decoded = {files.rel[j].decode() for j in np.flatnonzero(files.ok & (files.label == i))}
+        lost += [e for e in dup_report if e["path"] in decoded]  # filed under another class too
+        why.append(f"{class_names[i]!r} ({dropped_summary(lost, 3) if lost else 'no files at all'})")
+    more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+    raise DataError(f"class folder(s) under {root} kept no readable image: {', '.join(why)}{more}",
+                    "add readable images to each of these folders, or remove the folders "
+                    "(a class with no image cannot be learnt)")
+
+
 SPLIT_METHOD = "sha256-unit/1"  # names the draw below; part of the split spec
 
 

@@ -56,9 +56,13 @@ def listing_digest(listing: SourceListing) -> str:
     return h.hexdigest()
 
 
-def spool_key(listing_key: str, part: int, parts: int, image_size: int, resize: str, with_phash: bool) -> str:
+def spool_key(listing_key: str, part: int, parts: int, image_size: int, resize: str, with_phash: bool,
+              max_file_bytes: int = 0) -> str:
+    # max_file_bytes decides which files are dropped unread, so a spool decoded under another cap
+    # holds other rows.
     return digest_of({"format": SPOOL_FORMAT, "listing": listing_key, "part": part, "parts": parts,
-                      "image_size": image_size, "resize": resize, "phash": PHASH if with_phash else None})
+                      "image_size": image_size, "resize": resize, "phash": PHASH if with_phash else None,
+                      "max_file_bytes": max_file_bytes})
 
 
 def part_bounds(n: int, part: int, parts: int) -> tuple[int, int]:

@@ -3,7 +3,10 @@
 A teacher can be:
 - a TorchScript file (``torch.jit.save``),
 - a state_dict checkpoint (a bare state_dict, ``{"state_dict": ...}``, or a kdflow checkpoint)
-  plus an architecture name from kdflow's model registry; always read with ``weights_only=True``,
+  plus an architecture name from kdflow's model registry; read with ``weights_only=True``, which
+  loads tensors and plain containers and runs no code from the file. A checkpoint that needs full
+  pickle (a whole pickled ``nn.Module``, custom classes) is refused, saying so, unless the user
+  trusts it (``teacher.trust_pickle: true``): unpickling can run any code the file names,
 - an MLflow model URI (``models:/name@alias``, ``models:/name/3``, ``runs:/<id>/model``).
 
 Files may be local paths, ``file://`` or ``s3://`` URIs. The teacher's identity for the soft-label
@@ -23,7 +26,7 @@ import torch
 from torch import nn
 
 from kdflow.digest import digest_of, sha256_bytes
-from kdflow.errors import KdflowError
+from kdflow.errors import ConfigError, KdflowError
 from kdflow.models.classifier import Classifier
 from kdflow.models.registry import create_model
 from kdflow.storage import storage_for
@@ -102,6 +105,14 @@ class TeacherSource:
     arch: str | None = None
     mean: Sequence[float] | None = None  # the teacher's input normalisation, if not built in
     std: Sequence[float] | None = None
+    # teacher.trust_pickle: load a checkpoint weights_only refuses with full pickle (runs its code).
+    trust_pickle: bool = False
+
+    @classmethod
+    def of(cls, uri: str, teacher_cfg) -> "TeacherSource":
+        """The source a run's ``teacher`` config section describes (``kdflow.config.TeacherConfig``)."""
+        return cls(uri, teacher_cfg.arch, teacher_cfg.mean, teacher_cfg.std,
+                   getattr(teacher_cfg, "trust_pickle", False))
 
     def __post_init__(self) -> None:
         self._bytes: bytes | None = None
@@ -141,7 +152,8 @@ class TeacherSource:
 
     def kind(self) -> str:
         """``mlflow``, ``torchscript``, ``kdflow`` (a checkpoint that records its architecture and
-        normalisation) or ``state_dict`` (bare weights: needs ``arch``). Decided once per source."""
+        normalisation), ``state_dict`` (bare weights: needs ``arch``) or ``module`` (a whole pickled
+        module, read only with ``trust_pickle``). Decided once per source."""
         if self._kind is None:
             if self.is_mlflow:
                 self._kind = "mlflow"
@@ -150,7 +162,8 @@ class TeacherSource:
             else:
                 ckpt = self._checkpoint()
                 is_kdflow = isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT
-                self._kind = "kdflow" if is_kdflow else "state_dict"
+                # A whole pickled module: only reachable with trust_pickle (weights_only refuses it).
+                self._kind = "kdflow" if is_kdflow else "module" if isinstance(ckpt, nn.Module) else "state_dict"
         return self._kind
 
     def _checkpoint(self) -> object:
@@ -158,10 +171,24 @@ class TeacherSource:
             try:
                 self._ckpt = torch.load(io.BytesIO(self._data()), map_location="cpu", weights_only=True)
             except Exception as exc:
-                raise KdflowError(
-                    f"teacher {self.uri} is neither TorchScript nor a weights-only state_dict checkpoint: {exc}",
-                    "export the teacher with torch.jit.save, or save its state_dict with torch.save",
-                ) from exc
+                # weights_only refuses a pickle that names a global outside its allow-list ("GLOBAL
+                # x.y"); anything else is a file torch cannot read at all.
+                if "GLOBAL" not in str(exc):
+                    raise KdflowError(
+                        f"teacher {self.uri} is neither TorchScript nor a weights-only state_dict checkpoint: {exc}",
+                        "export the teacher with torch.jit.save, or save its state_dict with torch.save",
+                    ) from exc
+                if not self.trust_pickle:
+                    needs = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln), "")
+                    raise ConfigError(
+                        f"teacher {self.uri} is a checkpoint that only full pickle can load ({needs}); "
+                        "loading it could run any code it contains, so kdflow refuses it (teacher.trust_pickle "
+                        "is false)",
+                        "re-save it as weights only: torch.save(model.state_dict(), path) (with teacher.arch), "
+                        "or torch.jit.save(torch.jit.script(model), path); or, only if you trust where the file "
+                        "came from, set teacher.trust_pickle: true in the config",
+                    ) from exc
+                self._ckpt = torch.load(io.BytesIO(self._data()), map_location="cpu", weights_only=False)
         return self._ckpt
 
     def _normalises_itself(self) -> bool:
@@ -227,6 +254,8 @@ class TeacherSource:
             return torch.jit.load(io.BytesIO(self._data()), map_location="cpu")
         if kind == "kdflow":
             return load_checkpoint(self._data())[0]
+        if kind == "module":
+            return self._checkpoint()
         ckpt = self._checkpoint()
         state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

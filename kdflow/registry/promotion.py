@@ -6,6 +6,10 @@ CURRENT champion, from the per-sample test predictions both runs logged (no data
 candidate's own gate and evaluate settings (its run's ``config.yaml``). Every move is recorded in the
 champion history (``kdflow.registry.history``) and on the model versions involved.
 
+Every promotion and rollback holds the model's registry lock (``kdflow.registry.lock``), as
+registration does: two of them at once would read the same history and write two events with one
+sequence number (one lost), or move the alias in one order and record it in the other.
+
 Write order: the alias is moved first, then the history event, then the version tags. The other
 order would leave an event claiming a move that never happened: the history would be wrong, and a
 later rollback could "return" to a version that was never champion. A missing record is
@@ -45,6 +49,7 @@ from kdflow.config import Config
 from kdflow.errors import ConfigError, KdflowError
 from kdflow.gate import CHAMPION_CHECK, Check, champion_check, stricter
 from kdflow.registry import history
+from kdflow.registry.lock import registry_lock
 from kdflow.steps.champion import CHAMPION, by_alias
 from kdflow.tracking import Tag
 
@@ -71,10 +76,14 @@ class PromotionResult:
 
 
 def connect(tracking_uri: str | None):
-    """An MlflowClient on ``tracking_uri`` (None: $MLFLOW_TRACKING_URI) for both tracking and registry."""
+    """An MlflowClient on ``tracking_uri`` (None: $MLFLOW_TRACKING_URI) for both tracking and registry.
+    A given URI with credentials is refused (kdflow.redact): they belong in the environment."""
     from mlflow import MlflowClient
 
+    from kdflow.redact import refuse_credentials
     from kdflow.tracking import use_tracking
+
+    refuse_credentials(tracking_uri, "tracking_uri")
 
     uri = use_tracking(tracking_uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -89,10 +98,10 @@ def registered_model(client, name: str):
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-    from kdflow.cli_cluster import redacted  # a URI in an error message must not repeat a password
+    from kdflow.redact import redact_uri  # a URI in an error message must not repeat a password
 
     raise KdflowError(f"there is no registered model {name!r} in the MLflow registry at "
-                      f"{redacted(client.tracking_uri)}",
+                      f"{redact_uri(client.tracking_uri)}",
                       "check the name (registry.model_name of the run config) and --tracking-uri")
 
 
@@ -197,6 +206,11 @@ def promote(name: str, version: str, tracking_uri: str | None, force: bool = Fal
         raise KdflowError("a forced promotion needs a reason", "pass --reason TEXT: it is recorded with the promotion")
     version = str(version)
     client = connect(tracking_uri)
+    with registry_lock(client, name):  # a concurrent promotion or rollback would interleave its writes
+        return _promote(client, name, version, force, reason, action)
+
+
+def _promote(client, name: str, version: str, force: bool, reason: str, action: str) -> PromotionResult:
     registered_model(client, name)
     candidate = _model_version(client, name, version)
     holder = by_alias(client, name, CHAMPION)
@@ -258,6 +272,11 @@ def rollback(name: str, tracking_uri: str | None, reason: str = "") -> Promotion
     recording an unrecorded rollback to the current holder if there was one (module docstring)."""
     reason = reason.strip()
     client = connect(tracking_uri)
+    with registry_lock(client, name):  # a concurrent promotion or rollback would interleave its writes
+        return _rollback(client, name, reason)
+
+
+def _rollback(client, name: str, reason: str) -> PromotionResult:
     registered_model(client, name)
     holder = by_alias(client, name, CHAMPION)
     if holder is None:

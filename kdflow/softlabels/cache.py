@@ -2,14 +2,17 @@
 
 Layout under the cache root (a folder, ``file://`` or ``s3://``)::
 
-    softlabels/v4/views/<view key>/<split>-NNNNN.kdsl  values, index, tail (codec.encode: float16/uint),
-                                                       params for augmented views (the view's crop box
-                                                       and flip, int16 [n, 5]) and two digests
-                                                       (labeller.py); one file per dataset shard
-    softlabels/v4/views/<view key>/manifest.json       written last: the view's commit; per shard its
-                                                       size, sha256 and the digest of its sample ids
-    softlabels/v4/entries/<key>.json                   the entry: the list of its views, written
-                                                       after every view is complete
+    softlabels/v5/views/<view key>/<split>-NNNNN.<sha256[:32]>.kdsl
+                                        values, index, tail (codec.encode: float16/uint), params
+                                        for augmented views (the view's crop box and flip, int16
+                                        [n, 5]) and two digests (labeller.py); one file per dataset
+                                        shard, named by the digest of its bytes
+    softlabels/v5/views/<view key>/manifests/<gen:08d>.json
+                                        the view's commits: per shard its file, size, sha256 and the
+                                        digest of its sample ids; the highest that verifies counts
+    softlabels/v5/entries/<key>.json    the entry: the list of its views, created (conditionally)
+                                        after every view is committed; no time stamp, so racing
+                                        commits of one entry write equal bytes
 
 At k = 10 and 1000 classes a sample's labels take 44 bytes per view, 54 with an augmented view's
 parameters (tests/unit/test_softlabel_fanout.py measures the files). No view holds a copy of the
@@ -22,46 +25,55 @@ views, so V, the augmentation spec and its seed join k in the key. Views are sto
 so entries share them: a run asking for 16 views reuses the 8 an earlier run computed, and a
 cross-entropy run, an online run and an offline one share the plain view.
 
-Writing fans out: ``label_part(spec, infer, part, parts)`` labels the pending views' shards of the
-part-th contiguous range of (split, dataset shard) pairs (one pipeline task each), and ``commit``
-verifies that every shard of every pending view is there and valid, then writes the view manifests
-and the entry, last. ``write`` is every part then the commit, in one process. A view or entry is
-complete only when its manifest exists, names the same key and every shard it lists exists with
-the recorded size; readers also check each shard's sha256. Anything else is a miss: a rerun keeps
-the shard files that are valid for their dataset shard and labels only the others.
+Writing fans out: ``label_part(spec, infer, part, parts)`` labels the view shards of the part-th
+contiguous range of (split, dataset shard) pairs that have no valid file yet (one pipeline task
+each), and ``commit`` reads back every shard of every view, then commits each view's manifest and
+the entry, last. ``write`` is every part then the commit, in one process. Runs that need one key at
+once (two pipelines, a retried task beside its first try) share the work safely without locks:
+shard files are content-addressed, so writers never put different bytes at one name, and a
+manifest generation is created at most once by a conditional write (commit.py says why this is
+safe on S3 and on a file system). A killed task leaves whole files (storage writes are atomic) or
+none; its rerun keeps every file whose bytes match its name and its dataset shard, and labels the
+rest.
+
+``lookup`` (cheap: one listing per view and the manifests) answers "complete": the newest
+manifest that names, for every shard, a file that exists with the recorded size and whose name's
+digest is the recorded sha256. Readers (``load_shard``) check each shard's sha256 and row alignment
+on every read and refuse a corrupt one with a CacheError. ``verify`` reads every shard back; the
+teacher step runs it on a hit, and anything missing or corrupt is reported and relabelled (that
+shard alone): the same bytes go back under the same name, other bytes (labels need not be
+bit-identical on a GPU) under a new one, which the view's next manifest generation names.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from kdflow import __version__
 from kdflow.data.shards import DatasetManifest
-from kdflow.digest import digest_of, sha256_bytes
+from kdflow.digest import digest_of
 from kdflow.errors import CacheError
 from kdflow.progress import Progress
-from kdflow.softlabels import shardfile
-from kdflow.softlabels.shardfile import view_file
-from kdflow.softlabels.codec import decode
-from kdflow.softlabels.labeller import Infer, ShardCheck, ShardWriter, ids_digest, read_valid, runs
+from kdflow.softlabels.commit import (ViewState, children, commit_next, entry_ok, latest, manifest_problem,
+                                     read_manifest)
+from kdflow.softlabels.labeller import Infer, ShardCheck, ShardWriter, ValidFile, ids_digest, read_valid, runs
 from kdflow.softlabels.labels import SoftLabels, SoftRows
+from kdflow.softlabels.reading import CODEC, CacheReading
+from kdflow.softlabels.shardfile import parse_view_file, shard_stem
 from kdflow.softlabels.views import IDENTITY, View
 from kdflow.storage import join, storage_for
 
 log = logging.getLogger(__name__)
 
-FORMAT = "kdflow.softlabels/4"
-LAYOUT = "v4"
-MANIFEST = "manifest.json"
-CODEC = ("values", "index", "tail_lse", "tail_mean")
+FORMAT = "kdflow.softlabels/5"
+LAYOUT = "v5"
+MANIFESTS = "manifests"
 
 __all__ = ["CODEC", "FORMAT", "EntrySpec", "Infer", "SoftLabelCache", "SoftLabels", "SoftRows"]
 
@@ -98,12 +110,12 @@ class EntrySpec:
         return units[part * len(units) // parts:(part + 1) * len(units) // parts]
 
 
-class SoftLabelCache:
+class SoftLabelCache(CacheReading):
     def __init__(self, root: str):
         self.root = root
         self.store = storage_for(root)
         # Entries and view manifests verified by lookup: a step reads several splits of one entry,
-        # and verifying costs a read plus a size check per shard (an S3 HEAD each).
+        # and verifying costs a listing per view.
         self._verified: dict[str, dict[str, Any]] = {}
         self._verified_views: dict[str, dict[str, Any]] = {}
 
@@ -113,35 +125,41 @@ class SoftLabelCache:
     def view_uri(self, view_key: str) -> str:
         return join(self.root, "softlabels", LAYOUT, "views", view_key)
 
-    def _read_json(self, uri: str, key: str) -> dict[str, Any] | None:
-        if not self.store.exists(uri):
-            return None
-        try:
-            data = json.loads(self.store.read_bytes(uri))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            log.warning("soft-label manifest %s is unreadable; treating it as a miss", uri)
-            return None
-        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("key") != key:
-            log.warning("soft-label manifest %s does not match key %s; treating it as a miss", uri, key[:12])
-            return None
-        return data
+    def manifests_uri(self, view_key: str) -> str:
+        return join(self.view_uri(view_key), MANIFESTS)
+
+    # --- manifests -------------------------------------------------------------------------------
+
+    def _files(self, view_key: str, listing: list | None = None) -> dict[str, int]:
+        """{name: size} of the view shard files in a view's folder (one listing)."""
+        listing = self.store.list_info(self.view_uri(view_key)) if listing is None else listing
+        return {name: info.size for name, info in children(listing, self.view_uri(view_key)).items()
+                if parse_view_file(name) is not None}
+
+    def _view_state(self, view_key: str) -> ViewState:
+        listing = self.store.list_info(self.view_uri(view_key))
+        files = self._files(view_key, listing)
+        rejected: list[str] = []
+
+        def complete(manifest: dict[str, Any]) -> bool:
+            problem = manifest_problem(manifest, files)
+            if problem is not None:
+                log.warning("soft-label view %s: a manifest does not verify (%s); not used", view_key[:12], problem)
+                rejected.append(problem)
+            return problem is None
+
+        top, manifest = latest(self.store, listing, self.manifests_uri(view_key), FORMAT, view_key, complete)
+        return ViewState(files, top, manifest, rejected)
 
     def view_manifest(self, view_key: str) -> dict[str, Any] | None:
-        """The manifest of a complete view, or None (absent, unfinished, or not verifying)."""
-        manifest = self._read_json(join(self.view_uri(view_key), MANIFEST), view_key)
-        if manifest is None:
-            return None
-        for split in manifest["splits"].values():
-            for shard in split["shards"]:
-                if self.store.size(join(self.view_uri(view_key), shard["file"])) != shard["size"]:
-                    log.warning("soft-label shard %s of view %s is missing or resized; treating as a miss",
-                                shard["file"], view_key[:12])
-                    return None
-        return manifest
+        """The newest manifest of a view that is complete (every file it names present, with its
+        recorded size and digest in its name), or None."""
+        return self._view_state(view_key).manifest
 
     def lookup(self, key: str) -> dict[str, Any] | None:
-        """The manifest of a complete entry (every view complete), or None."""
-        entry = self._read_json(self.entry_uri(key), key)
+        """The entry when it is complete (every view's manifest complete), or None. Cheap: it lists
+        and reads manifests, not shards (``verify`` reads them; readers check each shard they read)."""
+        entry = self._read_entry(key)
         if entry is None:
             return None
         manifests = {}
@@ -152,51 +170,94 @@ class SoftLabelCache:
         self._verified_views.update(manifests)
         return entry
 
-    # --- writing ---------------------------------------------------------------------------------
+    def _read_entry(self, key: str) -> dict[str, Any] | None:
+        if not self.store.exists(self.entry_uri(key)):
+            return None
+        entry = read_manifest(self.store, self.entry_uri(key), FORMAT, key)
+        return entry if entry is not None and entry_ok(entry) else None
 
-    def _pending(self, spec: EntrySpec) -> list[tuple[str, View]]:
-        return [(vkey, view) for vkey, view in ((spec.view_key(v), v) for v in spec.views)
-                if self.view_manifest(vkey) is None]
+    def committed(self, key: str) -> bool:
+        """Whether an entry of ``key`` was ever committed (complete now or not)."""
+        return self.store.exists(self.entry_uri(key))
+
+    def verify(self, spec: EntrySpec) -> list[str]:
+        """Read every shard of every view of ``spec`` back: [] when the entry is complete and sound,
+        else one line per problem (no complete entry, a view without a complete manifest, a shard
+        missing, corrupt or not of its dataset shard)."""
+        problems = [] if self.lookup(spec.key) is not None else [f"entry {spec.key[:12]}: not complete"]
+        for vkey, view in ((spec.view_key(v), v) for v in spec.views):
+            state = self._view_state(vkey)
+            if state.manifest is None:
+                problems.append(f"view {vkey[:12]}: " + (state.rejected[0] if state.rejected else "no manifest"))
+                continue
+            for split, index in spec.units():
+                if not view.covers(split):
+                    continue
+                try:
+                    shard = state.manifest["splits"][split]["shards"][index]
+                except (KeyError, IndexError):
+                    problems.append(f"view {vkey[:12]}: no shard {index} of '{split}'")
+                    continue
+                found = read_valid(self.store, self.view_uri(vkey), shard["file"],
+                                   self._check(spec, split, index, view))
+                if found is None or found.record() != shard:
+                    problems.append(f"view {vkey[:12]}: shard {shard['file']} is corrupt or not of its dataset shard")
+        return problems
+
+    # --- writing ---------------------------------------------------------------------------------
 
     def _check(self, spec: EntrySpec, split: str, index: int, view: View) -> ShardCheck:
         shard = spec.dataset.data["splits"][split]["shards"][index]
         return ShardCheck(shard["sha256"], int(shard["count"]), not view.is_identity)
 
-    def _todo(self, spec: EntrySpec, pending: list[tuple[str, View]], part: int,
-              parts: int) -> tuple[dict[tuple[str, int], list[tuple[str, View]]], int]:
-        """({(split, shard index): the pending views lacking a valid file for it}, files kept) of a part."""
+    def _valid(self, spec: EntrySpec, vkey: str, view: View, state: ViewState, split: str,
+               index: int) -> ValidFile | None:
+        """A valid file of one view shard: the one the current manifest names first, then any other
+        (another run's, or this shard relabelled); None when there is none."""
+        stem = shard_stem(spec.dataset.data["splits"][split]["shards"][index]["file"])
+        names = state.by_stem.get(stem, [])
+        named = state.named(split, index)
+        check = self._check(spec, split, index, view)
+        for name in sorted(names, key=lambda n: n != named):
+            found = read_valid(self.store, self.view_uri(vkey), name, check)
+            if found is not None:
+                return found
+            log.warning("soft-label view %s: shard file %s is corrupt or not of its dataset shard; not used",
+                        vkey[:12], name)
+        return None
+
+    def _todo(self, spec: EntrySpec, units: list[tuple[str, int]]
+              ) -> tuple[dict[tuple[str, int], list[tuple[str, View]]], int]:
+        """({(split, shard index): the views lacking a valid file for it}, files kept) of some units."""
+        states = {spec.view_key(v): self._view_state(spec.view_key(v)) for v in spec.views}
         todo: dict[tuple[str, int], list[tuple[str, View]]] = {}
         kept = 0
-        for split, index in spec.part_units(part, parts):
-            name = view_file(spec.dataset.data["splits"][split]["shards"][index]["file"])
-            for vkey, view in pending:
+        for split, index in units:
+            for vkey, view in ((spec.view_key(v), v) for v in spec.views):
                 if not view.covers(split):
                     continue
-                if read_valid(self.store, join(self.view_uri(vkey), name), self._check(spec, split, index, view)):
+                if self._valid(spec, vkey, view, states[vkey], split, index) is not None:
                     kept += 1
                 else:
                     todo.setdefault((split, index), []).append((vkey, view))
         return todo, kept
 
     def parts_with_work(self, spec: EntrySpec, parts: int) -> list[int]:
-        """The parts (of ``parts``) that still have a view shard to label: [] on a complete entry."""
-        pending = self._pending(spec)
-        if not pending:
-            return []
-        return [part for part in range(parts) if self._todo(spec, pending, part, parts)[0]]
+        """The parts (of ``parts``) that still have a view shard to label: [] when every view shard
+        has a valid file (reads each one back)."""
+        todo, _ = self._todo(spec, spec.units())
+        return [part for part in range(parts) if any(u in todo for u in spec.part_units(part, parts))]
 
     def label_part(self, spec: EntrySpec, infer: Infer, part: int = 0, parts: int = 1) -> dict[str, int]:
-        """Label the pending views' shards of the part-th of ``parts`` ranges of dataset shards.
+        """Label the view shards of the part-th of ``parts`` ranges of dataset shards that lack a valid file.
 
-        A view shard file that is already there and valid for its dataset shard is kept (an earlier
-        or concurrent run wrote it); each dataset shard is read once for all the views that lack it.
-        Nothing is committed: ``commit`` does that after every part. Returns {"shards_labelled": n,
-        "shards_kept": m}.
+        A view shard file that is already there and valid (its bytes match its name's digest and its
+        dataset shard) is kept: an earlier, killed or concurrent run wrote it; each dataset shard is
+        read once for all the views that lack it. Nothing is committed: ``commit`` does that after
+        every part. Returns {"shards_labelled": n, "shards_kept": m}.
         """
         dataset, size = spec.dataset, spec.dataset.image_size
-        todo, kept = self._todo(spec, self._pending(spec), part, parts)
-        if kept:
-            log.info("soft labels, part %d/%d: kept %d view shard(s) an earlier run wrote", part + 1, parts, kept)
+        todo, kept = self._todo(spec, spec.part_units(part, parts))
         rows = sum(dataset.data["splits"][s]["shards"][i]["count"] * len(v) for (s, i), v in todo.items())
         bar = Progress(rows, f"teacher labels (part {part + 1}/{parts})", unit="img")
         writer = ShardWriter(self.store, dataset.num_classes)
@@ -214,7 +275,7 @@ class SoftLabelCache:
                                 params[vkey] = view.params(split, dataset.count(split), size, size)
                             p = None if params[vkey] is None else params[vkey][start:start + shard["count"]]
                             out = infer(arrays.images, p)
-                            writer.put(join(self.view_uri(vkey), view_file(shard["file"])), out, p, shard["sha256"],
+                            writer.put(self.view_uri(vkey), shard_stem(shard["file"]), out, p, shard["sha256"],
                                        ids_sha)
                             bar.advance(shard["count"])
         except BaseException:
@@ -224,151 +285,91 @@ class SoftLabelCache:
             writer.close()
         finally:
             bar.close()
-        return {"shards_labelled": sum(len(v) for v in todo.values()), "shards_kept": kept}
+        stats = {"shards_labelled": sum(len(v) for v in todo.values()), "shards_kept": kept}
+        log.info("soft labels, part %d/%d: %d view shard(s) labelled, %d kept (valid files an earlier or "
+                 "concurrent run wrote)", part + 1, parts, stats["shards_labelled"], kept)
+        return stats
 
     def commit(self, spec: EntrySpec, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
-        """Verify every shard of every pending view, write the view manifests, then the entry (last).
+        """Read back every shard of every view, commit each view's manifest, then the entry (last).
 
-        Raises CacheError naming the missing or invalid shards when a part has not finished: a
-        partial fan-out is never committed. Returns (entry manifest, {"views_computed": n,
-        "views_reused": m}).
+        A view whose newest manifest already names exactly the valid files is reused as it is;
+        otherwise its next manifest generation is committed (or a concurrent run's is used, see
+        commit.py). Raises CacheError naming the missing or invalid shards when a part has not
+        finished: a partial fan-out is never committed, and nothing is written. Returns (entry,
+        {"views_computed": views given a new manifest, "views_reused": the others}).
         """
         keyed = [(spec.view_key(view), view) for view in spec.views]
-        pending = self._pending(spec)
         dataset = spec.dataset
-        manifests, missing = [], []
-        for vkey, view in pending:
+        states, bodies, missing = {}, {}, []
+        for vkey, view in keyed:
+            state = states[vkey] = self._view_state(vkey)
             splits: dict[str, dict] = {}
             for split, info in dataset.data["splits"].items():
                 if not view.covers(split):
                     continue
                 shards = []
                 for index, dshard in enumerate(info["shards"]):
-                    uri = join(self.view_uri(vkey), view_file(dshard["file"]))
-                    found = read_valid(self.store, uri, self._check(spec, split, index, view))
+                    found = self._valid(spec, vkey, view, state, split, index)
                     if found is None:
-                        missing.append(f"{vkey[:12]}/{view_file(dshard['file'])}")
-                        continue
-                    raw, ids_sha = found
-                    shards.append({"file": view_file(dshard["file"]), "count": dshard["count"],
-                                   "sha256": sha256_bytes(raw),
-                                   "size": len(raw), "ids_sha256": ids_sha})
+                        missing.append(f"{vkey[:12]}/{shard_stem(dshard['file'])}")
+                    else:
+                        shards.append(found.record())
                 splits[split] = {"count": info["count"], "shards": shards}
-            manifests.append((vkey, {"format": FORMAT, "key": vkey, "kdflow_version": __version__, "spec": view.spec,
-                                     "teacher_digest": spec.teacher_digest, "num_classes": dataset.num_classes,
-                                     "top_k": spec.top_k, "splits": splits}))
+            bodies[vkey] = {"format": FORMAT, "key": vkey, "kdflow_version": __version__, "spec": view.spec,
+                            "teacher_digest": spec.teacher_digest, "num_classes": dataset.num_classes,
+                            "top_k": spec.top_k, "splits": splits}
         if missing:
             shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
             raise CacheError(f"soft-label cache entry {spec.key[:12]} is not complete: {len(missing)} view shard(s) "
                              f"missing or invalid ({shown})",
                              "re-run teacher inference: the failed parts label only the missing shards")
-        for vkey, manifest in manifests:
-            self.store.write_bytes(join(self.view_uri(vkey), MANIFEST), json.dumps(manifest, indent=2).encode())
-        entry = {
+        computed = 0
+        for vkey, body in bodies.items():
+            body = json.loads(json.dumps(body))  # as stored: tuples are lists
+            if states[vkey].manifest is not None and states[vkey].manifest["splits"] == body["splits"]:
+                continue  # its newest manifest names exactly these verified files
+            commit_next(self.store, self.manifests_uri(vkey), states[vkey].top, body,
+                        lambda m, k=vkey: manifest_problem(m, self._files(k)) is None,
+                        f"soft-label view {vkey[:12]}")
+            computed += 1
+        entry = json.loads(json.dumps({
             "format": FORMAT,
             "key": spec.key,
             "kdflow_version": __version__,
-            "created_unix": int(time.time()),
             "dataset_fingerprint": dataset.fingerprint,
             "num_classes": dataset.num_classes,
             "top_k": spec.top_k,
             "views": [{"key": vkey, "spec": view.spec} for vkey, view in keyed],
             **extra,
-        }
-        self.store.write_bytes(self.entry_uri(spec.key), json.dumps(entry, indent=2).encode())
-        return entry, {"views_computed": len(pending), "views_reused": len(keyed) - len(pending)}
+        }))
+        return self._commit_entry(entry), {"views_computed": computed, "views_reused": len(keyed) - computed}
+
+    def _commit_entry(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The entry committed for ``entry["key"]``: the one already there (or a concurrent run's, first
+        created by a conditional write), else ``entry``. Every sound entry of a key names the same
+        views (the key digests them), so which one wins does not matter, and one that does not
+        read (damaged) is replaced without misleading any reader."""
+        uri = self.entry_uri(entry["key"])
+
+        def sound(e: dict[str, Any] | None) -> bool:
+            return e is not None and e["views"] == entry["views"]
+
+        current = self._read_entry(entry["key"])
+        if sound(current):
+            return current
+        data = json.dumps(entry, indent=2).encode()
+        if self.store.write_if_absent(uri, data):
+            return entry
+        current = self._read_entry(entry["key"])
+        if sound(current):
+            return current
+        log.warning("soft-label entry %s does not read or names other views; replacing it", uri)
+        self.store.write_bytes(uri, data)
+        return entry
 
     def write(self, spec: EntrySpec, infer: Infer, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
-        """Fill every view of ``spec`` that is not complete yet, then commit the entry: one task's
+        """Label every view shard that has no valid file yet, then commit the entry: one task's
         fan-out (every part, then ``commit``)."""
         self.label_part(spec, infer, 0, 1)
         return self.commit(spec, extra)
-
-    # --- reading ---------------------------------------------------------------------------------
-
-    def _entry(self, key: str) -> dict[str, Any]:
-        entry = self._verified.get(key) or self.lookup(key)
-        if entry is None:
-            raise CacheError(f"soft-label cache entry {self.entry_uri(key)} is not complete",
-                             "run the teacher inference step for this dataset and teacher first")
-        self._verified[key] = entry
-        return entry
-
-    def _views(self, key: str, augmented: bool) -> tuple[dict[str, Any], list[str]]:
-        entry = self._entry(key)
-        views = [v["key"] for v in entry["views"] if (v["spec"]["kind"] != "identity") == augmented]
-        if not views:
-            kind = "augmented" if augmented else "plain"
-            raise CacheError(f"soft-label cache entry {key[:12]} holds no {kind} views",
-                             "re-run teacher inference with this run's config (augment.views)")
-        return entry, views
-
-    def _shards(self, vkey: str, split: str) -> list[dict]:
-        manifest = self._verified_views[vkey]  # verified by _entry's lookup
-        if split not in manifest["splits"]:
-            raise CacheError(f"soft-label view {vkey[:12]} has no complete '{split}' split",
-                             "re-run teacher inference for this dataset and teacher")
-        return manifest["splits"][split]["shards"]
-
-    def _read_shard(self, vkey: str, shard: dict, ids: np.ndarray, split: str, num_classes: int,
-                    augmented: bool) -> dict[str, np.ndarray]:
-        """One view shard, verified (sha256, row alignment by the ids digest) and decoded."""
-        if len(ids) != shard["count"] or ids_digest(ids) != shard["ids_sha256"]:
-            raise CacheError(f"soft labels of view {vkey[:12]} are not aligned with the dataset's '{split}' split "
-                             f"(shard {shard['file']})", f"delete {self.view_uri(vkey)} and re-run teacher inference")
-        raw = self.store.read_bytes(join(self.view_uri(vkey), shard["file"]))
-        if sha256_bytes(raw) != shard["sha256"]:
-            raise CacheError(f"soft-label shard {shard['file']} of view {vkey[:12]} fails its digest check",
-                             f"delete {self.view_uri(vkey)} and re-run teacher inference")
-        try:
-            arrays = shardfile.unpack(raw)
-        except ValueError as exc:  # the digest matched: written by another kdflow's layout of this format
-            raise CacheError(f"soft-label shard {shard['file']} of view {vkey[:12]} is not readable: {exc}",
-                             f"delete {self.view_uri(vkey)} and re-run teacher inference") from exc
-        out = decode(arrays, num_classes)
-        if augmented:
-            out["params"] = arrays["params"]
-        return out
-
-    def load_shard(self, key: str, split: str, shard_index: int, expected_ids: np.ndarray,
-                   augmented: bool = False) -> SoftLabels:
-        """The labels of one dataset shard's rows (``expected_ids``, that shard's ids, checked by digest).
-
-        ``augmented=False``: the plain view only (V = 1). ``True``: the entry's augmented views,
-        stacked on the view axis with their parameters (V = augment.views).
-        """
-        entry, views = self._views(key, augmented)
-        num_classes = int(entry["num_classes"])
-        loaded = []
-        for vkey in views:
-            shards = self._shards(vkey, split)
-            if not 0 <= shard_index < len(shards):
-                raise CacheError(f"soft-label view {vkey[:12]} has {len(shards)} '{split}' shards, not {shard_index}",
-                                 "read the shards of the dataset these labels were made for")
-            loaded.append(self._read_shard(vkey, shards[shard_index], expected_ids, split, num_classes, augmented))
-        stack = {name: torch.from_numpy(np.stack([a[name] for a in loaded], axis=1))
-                 for name in CODEC + (("params",) if augmented else ())}
-        return SoftLabels(stack["values"], stack["index"], stack["tail_lse"], stack["tail_mean"], num_classes,
-                          stack.get("params"))
-
-    def load_split(self, key: str, split: str, expected_ids: np.ndarray, augmented: bool = False) -> SoftLabels:
-        """One split's labels, verifying shard digests and row alignment with the dataset (see
-        ``load_shard``). Decoded shard by shard into arrays of the split's size."""
-        entry, views = self._views(key, augmented)
-        counts = [int(s["count"]) for s in self._shards(views[0], split)]
-        if not counts or len(expected_ids) != sum(counts):
-            raise CacheError(f"soft labels of the '{split}' split hold {sum(counts)} rows, the dataset "
-                             f"{len(expected_ids)}: they are not aligned",
-                             "re-run teacher inference for this dataset and teacher")
-        out: dict[str, torch.Tensor] = {}
-        start = 0
-        for index, count in enumerate(counts):
-            part = self.load_shard(key, split, index, expected_ids[start:start + count], augmented)
-            for name in CODEC + (("params",) if augmented else ()):
-                t = getattr(part, name)
-                if name not in out:
-                    out[name] = torch.empty((len(expected_ids), *t.shape[1:]), dtype=t.dtype)
-                out[name][start:start + count] = t
-            start += count
-        return SoftLabels(out["values"], out["index"], out["tail_lse"], out["tail_mean"], int(entry["num_classes"]),
-                          out.get("params"))

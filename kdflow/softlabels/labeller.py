@@ -7,11 +7,14 @@ float32 result to a writer thread that encodes it (codec.encode), packs it and w
 queue between them is bounded, so at most a couple of shards' labels wait in memory, and the
 device does not sit idle while object storage takes a shard.
 
-A view shard file (``kdflow.softlabels.shardfile``) holds the stored codec arrays, ``params`` for
+A view shard file (``kdflow.softlabels.shardfile``) is named by its stem and the digest of its
+bytes (``train-00003.<sha256[:32]>.kdsl``), and holds the stored codec arrays, ``params`` for
 augmented views, and two sha256 digests: ``shard_sha256``, the dataset shard's content digest (from the dataset
 manifest: a rerun checks a kept file against it without reading the dataset), and ``ids_sha256``,
 the digest of the shard's sample ids (``ids_digest``), which the view manifest records so that
-readers check row alignment without a copy of the ids in every view.
+readers check row alignment without a copy of the ids in every view. A file is reused (by a
+restarted or concurrent run) only when its bytes hash to its name's digest and its header matches
+its dataset shard (``read_valid``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from kdflow.digest import sha256_bytes
 from kdflow.errors import KdflowError
 from kdflow.softlabels import shardfile
 from kdflow.softlabels.codec import encode
-from kdflow.storage import Storage
+from kdflow.storage import Storage, join
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +65,38 @@ class ShardCheck:
         return str(arrays["ids_sha256"]), arrays
 
 
-def read_valid(store: Storage, uri: str, check: ShardCheck) -> tuple[bytes, str] | None:
-    """(bytes, ids digest) of an existing, valid view shard file, or None (absent or not valid)."""
-    if not store.exists(uri):
+@dataclass(frozen=True)
+class ValidFile:
+    """A view shard file that was read and checked: its name, size and digests (a manifest's record)."""
+
+    file: str
+    count: int
+    sha256: str
+    size: int
+    ids_sha256: str
+
+    def record(self) -> dict:
+        return {"file": self.file, "count": self.count, "sha256": self.sha256, "size": self.size,
+                "ids_sha256": self.ids_sha256}
+
+
+def read_valid(store: Storage, view_dir: str, name: str, check: ShardCheck) -> ValidFile | None:
+    """The record of the view shard file ``name`` in ``view_dir`` when it is valid, else None: its bytes
+    must hash to the digest its name carries (a truncated, torn or overwritten file never does) and
+    be the labels of the dataset shard ``check`` describes. A failing read (storage unreachable) is
+    raised, not taken for an invalid file."""
+    parsed = shardfile.parse_view_file(name)
+    if parsed is None:
+        return None
+    raw = store.read_bytes(join(view_dir, name))
+    sha = sha256_bytes(raw)
+    if sha[:shardfile.NAME_DIGEST] != parsed[1]:
         return None
     try:
-        raw = store.read_bytes(uri)
         ids_sha, _ = check.verify(raw)
-        return raw, ids_sha
-    except (KdflowError, ValueError, KeyError, OSError):
+    except (KdflowError, ValueError, KeyError):
         return None
+    return ValidFile(name, check.count, sha, len(raw), ids_sha)
 
 
 def shard_bytes(codec: dict[str, np.ndarray], params: np.ndarray | None, num_classes: int, shard_sha256: str,
@@ -99,9 +124,13 @@ class ShardWriter:
         while (item := self._queue.get()) is not None:
             if self._error is not None:
                 continue  # drain: the caller sees the first error
-            uri, codec, params, shard_sha, ids_sha = item
+            view_dir, stem, codec, params, shard_sha, ids_sha = item
             try:
-                self.store.write_bytes(uri, shard_bytes(codec, params, self.num_classes, shard_sha, ids_sha))
+                raw = shard_bytes(codec, params, self.num_classes, shard_sha, ids_sha)
+                # The name carries the content's digest: a concurrent writer of this shard writes
+                # these same bytes to this name, or other bytes to another name, never a mix.
+                name = shardfile.view_file(stem, sha256_bytes(raw))
+                self.store.write_bytes(join(view_dir, name), raw)  # atomic: whole or absent
             except BaseException as exc:  # noqa: BLE001 (re-raised on the caller's thread)
                 self._error = exc
 
@@ -109,10 +138,11 @@ class ShardWriter:
         if self._error is not None:
             raise self._error
 
-    def put(self, uri: str, codec: dict[str, np.ndarray], params: np.ndarray | None, shard_sha: str,
-            ids_sha: str) -> None:
+    def put(self, view_dir: str, stem: str, codec: dict[str, np.ndarray], params: np.ndarray | None,
+            shard_sha: str, ids_sha: str) -> None:
+        """Queue one view shard: written to ``view_dir`` as ``<stem>.<sha256[:32]>.kdsl``."""
         self._raise()
-        self._queue.put((uri, codec, params, shard_sha, ids_sha))
+        self._queue.put((view_dir, stem, codec, params, shard_sha, ids_sha))
 
     def close(self, raise_error: bool = True) -> None:
         """Write what is queued and stop; ``raise_error=False`` when the caller is already failing (its

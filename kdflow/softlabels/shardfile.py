@@ -14,12 +14,13 @@ themselves (54 bytes at k = 10). So a view shard is one flat record::
     params   n*5*2      int16 [n, 5]    (augmented views only)
 
 Little-endian throughout and written in one piece, so the same labels give the same bytes (the
-manifest's sha256 is a content digest). At k = 10 of 1000 classes: 54 bytes a row with parameters,
-44 without, plus 80 bytes a file.
+manifest's sha256 is a content digest, and the file's name carries it: ``view_file``). At k = 10 of
+1000 classes: 54 bytes a row with parameters, 44 without, plus 80 bytes a file.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 
 import numpy as np
@@ -31,10 +32,28 @@ PARAMS = 5  # view parameters per row (kdflow.training.augment)
 _INDEX = {1: "<u1", 2: "<u2", 4: "<u4"}
 
 
-def view_file(dataset_shard_file: str) -> str:
-    """The view shard file of a dataset shard: ``train-00003.npz`` -> ``train-00003.kdsl``."""
-    stem = dataset_shard_file.rsplit(".", 1)[0]
-    return f"{stem}.kdsl"
+NAME_DIGEST = 32  # hex characters of the file's sha256 in its name: 128 bits, no two contents share a name
+_NAME = re.compile(r"^(?P<stem>[^/]+)\.(?P<digest>[0-9a-f]{%d})\.kdsl$" % NAME_DIGEST)
+
+
+def shard_stem(dataset_shard_file: str) -> str:
+    """The stem view shard files of a dataset shard share: ``train-00003.npz`` -> ``train-00003``."""
+    return dataset_shard_file.rsplit(".", 1)[0]
+
+
+def view_file(stem: str, sha256: str) -> str:
+    """A view shard file's name: its stem and its content's digest, ``train-00003.<sha256[:32]>.kdsl``.
+
+    Content-addressed, so one name never holds two different contents: two writers of the same
+    shard write the same bytes to one name, or different bytes to different names, and a manifest
+    that names a file can never be invalidated by another writer."""
+    return f"{stem}.{sha256[:NAME_DIGEST]}.kdsl"
+
+
+def parse_view_file(name: str) -> tuple[str, str] | None:
+    """(stem, name digest) of a view shard file name, or None for anything else (temp files, manifests)."""
+    m = _NAME.match(name)
+    return (m["stem"], m["digest"]) if m else None
 
 
 def pack(stored: dict[str, np.ndarray], params: np.ndarray | None, shard_sha256: str, ids_sha256: str) -> bytes:

@@ -54,7 +54,7 @@ def run_adaptation(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_u
     if not teacher_uri:
         raise KdflowError("no teacher given to adapt", "pass a teacher (a state_dict or kdflow checkpoint)")
     dataset = DatasetManifest.open(dataset_dir)
-    source = TeacherSource(teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std).reach(tracking_uri)
+    source = TeacherSource.of(teacher_uri, cfg.teacher).reach(tracking_uri)
     if expected_digest and source.digest() != expected_digest:
         raise KdflowError(f"the teacher at {teacher_uri} changed after the run started "
                           f"(digest {source.digest()[:12]}, expected {expected_digest[:12]})",

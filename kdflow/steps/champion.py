@@ -15,6 +15,7 @@ import logging
 from kdflow.config import Config
 from kdflow.lineage import Lineage, config_hash
 from kdflow.logs import setup_logging
+from kdflow.redact import refuse_credentials
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ def decide_retraining(fingerprint: str, teacher_digest: str, config_yaml: str, t
                       skip_unchanged: bool) -> dict:
     """Returns {"retrain": bool, "reason": str}; the reason is logged either way."""
     setup_logging()
+    refuse_credentials(tracking_uri, "the tracking_uri parameter")  # entry points refuse it too: defence in depth
     decision = _decide(fingerprint, teacher_digest, Config.from_yaml(config_yaml), tracking_uri, skip_unchanged)
     log.info("%s: %s", "training" if decision["retrain"] else "stopping early", decision["reason"])
     return decision

@@ -1,4 +1,14 @@
-"""Step 3: distil the student from the cached soft labels (or the teacher online), tracked in MLflow."""
+"""Step 3: distil the student from the cached soft labels (or the teacher online), tracked in MLflow.
+
+Preemption: a step killed at any point and started again as a KFP retry does (same pipeline run,
+same inputs, a new empty output folder) resumes from its last checkpoint and ends with the student an
+uninterrupted run would have made (bit for bit on the CPU; see kdflow.training.checkpoints for CUDA),
+in the same MLflow run. The checkpoints live at ``<cache_uri>/checkpoints/<run key>/``, the run key
+being the digest of ``run_identity`` (pipeline run, dataset, soft labels, teacher, config, sweep trial,
+number of processes), never in the model artifact, which holds ``student.pt`` alone. A call without a
+pipeline run (the library, benchmarks) has no identity to share a location under and checkpoints
+nothing. A lifecycle rule on the ``checkpoints/`` prefix removes them after the run.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +18,7 @@ import torch
 
 from kdflow import __version__
 from kdflow.config import Config
+from kdflow.digest import digest_of
 from kdflow.logs import setup_logging
 from kdflow.memory import bound_heap
 from kdflow.data.shards import DatasetManifest
@@ -23,13 +34,16 @@ from kdflow.softlabels.ref import SoftLabelRef
 from kdflow.tracking import Tag
 from kdflow.storage import join, storage_for
 from kdflow.training.streaming import make_batches, shard_soft_labels
-from kdflow.training import distributed, launch
+from kdflow.training import checkpoints, distributed, launch
 from kdflow.training.device import resolve_device
-from kdflow.training.trainer import checkpointed_resident, fit, predict
+from kdflow.training.trainer import fit, predict
 
 log = logging.getLogger(__name__)
 
 STUDENT_FILE = "student.pt"
+# On the step's MLflow run, from its creation: a retry finds the run its killed attempt started by this
+# tag (set in the same call that creates the run, so no kill can leave a run without it).
+RESUME_TAG = "kdflow.resume_key"
 
 
 def _tags(dataset: DatasetManifest, ref: SoftLabelRef, pipeline_run: str, cfg: Config,
@@ -50,6 +64,33 @@ def _tags(dataset: DatasetManifest, ref: SoftLabelRef, pipeline_run: str, cfg: C
     return tags
 
 
+def run_identity(dataset: DatasetManifest, ref: SoftLabelRef, cfg: Config, pipeline_run: str, parent_run_id: str,
+                 run_name: str, teacher_input_digest: str, world: int,
+                 pipeline_run_id: str = "") -> dict[str, str | int]:
+    """What one distillation is: equal on every retry of a pipeline run's task, different for anything
+    that changes what it trains or where it reports. The whole config counts (not only the lineage's
+    config hash): the resumed MLflow run holds the config as params, which MLflow cannot change. The
+    number of processes counts too: DDP results depend on it, so another world size starts over.
+    ``pipeline_run_id``: the run's unique id (KFP's ``pipeline_job_uuid``); the pipeline run's name is
+    a display name, which two runs may share."""
+    return {"pipeline_run": pipeline_run, "pipeline_run_id": pipeline_run_id,
+            "dataset_fingerprint": dataset.fingerprint, "cache_key": ref.cache_key,
+            "teacher_digest": ref.teacher_digest,
+            "teacher_input_digest": teacher_input_digest, "config_hash": config_hash(cfg),
+            "config": digest_of(cfg.to_dict()), "parent_run_id": parent_run_id, "run_name": run_name,
+            "world": world, "code_version": __version__}
+
+
+def _previous_run(exp: str, key: str) -> str | None:
+    """The MLflow run an earlier attempt of this step started (killed while RUNNING, or finished),
+    or None. The oldest one if several: the first attempt's."""
+    from mlflow import MlflowClient
+
+    runs = MlflowClient().search_runs([exp], filter_string=f"tags.`{RESUME_TAG}` = '{key}'",
+                                      order_by=["attributes.start_time ASC"], max_results=5)
+    return runs[0].info.run_id if runs else None
+
+
 def run_distillation(
     dataset_dir: str,
     softlabels_dir: str,
@@ -60,12 +101,15 @@ def run_distillation(
     parent_run_id: str = "",
     run_name: str = "",
     teacher_input_digest: str = "",
+    pipeline_run_id: str = "",
 ) -> dict:
     """Train the student; write ``student.pt`` to ``out_dir``; log the run and model to MLflow.
 
     ``parent_run_id`` makes the run a child of that MLflow run (a sweep's trials); ``run_name``
     defaults to ``<method>-<student arch>``. With ``train.processes`` > 1 it runs under torchrun
-    (DistributedDataParallel), one process per GPU of the task.
+    (DistributedDataParallel), one process per GPU of the task. ``pipeline_run`` (the pipeline run's
+    name) and ``pipeline_run_id`` (its unique id) scope the checkpoints: empty, nothing is checkpointed.
+    Returns {"run_id", "model_uri", "final_metrics", "checkpoints" (their folder, "" when none)}.
     """
     setup_logging()
     bound_heap()  # memory that does not grow with the work done (kdflow.memory)
@@ -76,18 +120,18 @@ def run_distillation(
         return launch.distributed_call(cfg.train.processes, "kdflow.steps.distill:run_distillation", dict(
             dataset_dir=dataset_dir, softlabels_dir=softlabels_dir, config_yaml=config_yaml, out_dir=out_dir,
             tracking_uri=tracking_uri, pipeline_run=pipeline_run, parent_run_id=parent_run_id,
-            run_name=run_name, teacher_input_digest=teacher_input_digest))
+            run_name=run_name, teacher_input_digest=teacher_input_digest, pipeline_run_id=pipeline_run_id))
     ctx = distributed.init(resolve_device(cfg.train.device))
     try:
         return _distill(ctx, cfg, dataset_dir, softlabels_dir, out_dir, tracking_uri, pipeline_run, parent_run_id,
-                        run_name, teacher_input_digest)
+                        run_name, teacher_input_digest, pipeline_run_id)
     finally:
         distributed.destroy(ctx)
 
 
 def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softlabels_dir: str, out_dir: str,
              tracking_uri: str | None, pipeline_run: str, parent_run_id: str, run_name: str,
-             teacher_input_digest: str) -> dict:
+             teacher_input_digest: str, pipeline_run_id: str) -> dict:
     """One process's part: every rank trains on its slice of each batch; rank 0 alone validates,
     logs to MLflow and writes the student (DDP keeps the weights equal on every rank)."""
     import mlflow
@@ -106,12 +150,24 @@ def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softla
     # loaded per dataset shard: with the split when it is resident, with each shard when streaming.
     soft_train = (shard_soft_labels(cache, ref.cache_key, "train", augmented=ref.views > 0)
                   if cfg.replays_cache() else None)
-    checkpoints = join(out_dir, "checkpoints")  # shared by the ranks (object storage across nodes)
+    identity = run_identity(dataset, ref, cfg, pipeline_run, parent_run_id, run_name, teacher_input_digest,
+                            ctx.world, pipeline_run_id)
+    # Shared by the ranks and by every retry of this task (object storage across nodes and pods).
+    ckpt_dir = checkpoints.location(ref.cache_uri, identity) if pipeline_run else None
+    if ckpt_dir is None and ctx.is_main:
+        log.info("no pipeline run given: this run writes no checkpoints (a preempted call starts over)")
     resident = cfg.train.resident
+    previous = checkpoints.read(ckpt_dir) if ctx.is_main else None
+    if previous is not None:  # refused here, before an MLflow run is resumed, when it is not this run's
+        checkpoints.check(ckpt_dir, previous, {"run": identity})
+        log.info("resuming from the checkpoint in %s (%d epoch(s) done, %d step(s) into the next)", ckpt_dir,
+                 previous["epoch"] + 1, previous.get("step", 0))
     # A resumed run keeps its data order: rank 0 reads the checkpoint, and its decision is every rank's.
-    if resident == "auto" and ctx.is_main and (previous := checkpointed_resident(checkpoints)) is not None:
-        resident = "always" if previous else "never"
-        log.info("resuming with the %s split the checkpoint was trained on", "resident" if previous else "streamed")
+    if resident == "auto" and previous is not None and previous.get("resident") is not None:
+        resident = "always" if previous["resident"] else "never"
+        log.info("resuming with the %s split the checkpoint was trained on",
+                 "resident" if previous["resident"] else "streamed")
+    del previous  # its tensors: fit reads the checkpoint again, on the training device
     train = make_batches(dataset, "train", cfg.train.batch_size, device, soft=soft_train,
                          augmentation=cfg.augment, resident=resident,
                          agree=lambda keep: distributed.broadcast_object(keep, ctx))
@@ -123,7 +179,7 @@ def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softla
     tracking_uri = tracking.use_tracking(tracking_uri)  # before a models:/ teacher is looked up
     teacher = None
     if cfg.teacher_mode() == "online":
-        source = TeacherSource(ref.teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std)
+        source = TeacherSource.of(ref.teacher_uri, cfg.teacher)
         teacher = source.load(dataset.mean, dataset.std)
 
     torch.manual_seed(cfg.train.seed)  # the student's initial weights depend on the seed alone
@@ -146,11 +202,20 @@ def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softla
         return out
 
     if not ctx.is_main:
-        fit(distiller, train, cfg.train, checkpoint_dir=checkpoints, dist=ctx)
+        fit(distiller, train, cfg.train, checkpoint_dir=ckpt_dir, checkpoint_identity=identity, dist=ctx)
         return {}
     exp = tracking.experiment_id(cfg.registry.experiment, tracking_uri)
-    with mlflow.start_run(experiment_id=exp, run_name=run_name or f"{cfg.distill.method}-{cfg.student.arch}",
-                          parent_run_id=parent_run_id or None) as run:
+    # One MLflow run per task, whatever the retries: a retry continues the run its killed attempt left
+    # RUNNING (metrics are logged per epoch, so an epoch logged twice holds one value). Without a
+    # checkpoint location there is nothing to continue.
+    key = digest_of(identity)
+    resumed = _previous_run(exp, key) if ckpt_dir else None
+    if resumed:
+        log.info("continuing MLflow run %s of an earlier attempt", resumed)
+    with mlflow.start_run(run_id=resumed, experiment_id=None if resumed else exp,
+                          run_name=run_name or f"{cfg.distill.method}-{cfg.student.arch}",
+                          parent_run_id=None if resumed else parent_run_id or None,
+                          tags=None if resumed or not ckpt_dir else {RESUME_TAG: key}) as run:
         tracking.log_config(cfg)
         tracking.set_tags({**_tags(dataset, ref, pipeline_run, cfg, teacher_input_digest),
                            Tag.METHOD: cfg.distill.method,
@@ -161,7 +226,8 @@ def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softla
             distiller, train, cfg.train,
             validate=validate if val is not None else None,
             on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch),
-            checkpoint_dir=checkpoints,
+            checkpoint_dir=ckpt_dir,
+            checkpoint_identity=identity,
             dist=ctx,
         )
         student = student.cpu().eval()
@@ -169,4 +235,4 @@ def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softla
         storage_for(student_uri).write_bytes(student_uri, save_checkpoint(student, cfg.student.arch,
                                                                           dataset.num_classes))
         model_uri = tracking.log_model(student, tuple(example.shape[1:]))
-    return {"run_id": run.info.run_id, "model_uri": model_uri, "final_metrics": final}
+    return {"run_id": run.info.run_id, "model_uri": model_uri, "final_metrics": final, "checkpoints": ckpt_dir or ""}

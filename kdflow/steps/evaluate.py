@@ -22,6 +22,7 @@ from kdflow.evaluation.record import Predictions
 from kdflow.gate import Verdict, absolute_checks, champion_check, stricter
 from kdflow.logs import setup_logging
 from kdflow.memory import bound_heap
+from kdflow.redact import refuse_credentials
 from kdflow.models.loading import TeacherSource, load_checkpoint
 from kdflow.softlabels.cache import SoftLabelCache
 from kdflow.softlabels.ref import SoftLabelRef
@@ -136,6 +137,7 @@ def run_evaluation(
     from kdflow.evaluation.report import render_html
 
     setup_logging()
+    refuse_credentials(tracking_uri, "the tracking_uri parameter")  # entry points refuse it too: defence in depth
     bound_heap()  # memory that does not grow with the work done (kdflow.memory)
     cfg = Config.from_yaml(config_yaml)
     dataset = DatasetManifest.open(dataset_dir)

@@ -28,7 +28,7 @@ def fingerprint_inputs(data_uri: str, teacher_uri: str, config_yaml: str, tracki
     cfg = Config.from_yaml(config_yaml)
     if not teacher_uri:
         raise KdflowError("no teacher given", "pass a teacher (TorchScript, checkpoint or models:/ URI)")
-    source = TeacherSource(teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std).reach(tracking_uri)
+    source = TeacherSource.of(teacher_uri, cfg.teacher).reach(tracking_uri)
     out = {"source_fingerprint": source_fingerprint(data_uri), "teacher_digest": source.digest(),
            "config_hash": config_hash(cfg)}
     log.info("inputs: data %s, teacher %s, config %s", out["source_fingerprint"][:12], out["teacher_digest"][:12],

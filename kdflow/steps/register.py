@@ -6,6 +6,8 @@ import logging
 
 from kdflow.config import Config
 from kdflow.logs import setup_logging
+from kdflow.redact import refuse_credentials
+from kdflow.registry.lock import registry_lock
 from kdflow.tracking import Tag
 from kdflow.errors import KdflowError
 
@@ -26,6 +28,7 @@ def run_registration(run_id: str, model_uri: str, config_yaml: str, tracking_uri
     from kdflow import tracking
 
     setup_logging()
+    refuse_credentials(tracking_uri, "the tracking_uri parameter")  # entry points refuse it too: defence in depth
     cfg = Config.from_yaml(config_yaml)
     tracking.use_tracking(tracking_uri)
     client = MlflowClient()
@@ -35,13 +38,17 @@ def run_registration(run_id: str, model_uri: str, config_yaml: str, tracking_uri
             f"run {run_id} did not pass the evaluation gate ({run.data.tags.get(Tag.GATE, 'not evaluated')})",
             "only a student that passes evaluation is registered",
         )
-    version = _registered_from(client, cfg.registry.model_name, run_id)
-    if version is None:
-        tags = {k: v for k, v in run.data.tags.items() if k in Tag.LINEAGE or k in Tag.VERDICT
-                or k.startswith((Tag.GATE_CHECK_PREFIX, Tag.EXPORT_PREFIX))}
-        tags[Tag.RUN_ID] = run_id
-        version = mlflow.register_model(model_uri, cfg.registry.model_name, tags=tags)
-    client.set_registered_model_alias(cfg.registry.model_name, cfg.registry.alias, version.version)
+    # Find-or-register and the alias under the model's registry lock: two registrations of one run
+    # (a retried step beside the original, two pipelines) would otherwise both miss and both create
+    # a version, and two of different runs could leave the alias on the older one.
+    with registry_lock(client, cfg.registry.model_name):
+        version = _registered_from(client, cfg.registry.model_name, run_id)
+        if version is None:
+            tags = {k: v for k, v in run.data.tags.items() if k in Tag.LINEAGE or k in Tag.VERDICT
+                    or k.startswith((Tag.GATE_CHECK_PREFIX, Tag.EXPORT_PREFIX))}
+            tags[Tag.RUN_ID] = run_id
+            version = mlflow.register_model(model_uri, cfg.registry.model_name, tags=tags)
+        client.set_registered_model_alias(cfg.registry.model_name, cfg.registry.alias, version.version)
     with mlflow.start_run(run_id=run_id):
         tracking.set_tags({Tag.REGISTERED_MODEL: cfg.registry.model_name,
                            Tag.REGISTERED_VERSION: version.version})
@@ -50,6 +57,7 @@ def run_registration(run_id: str, model_uri: str, config_yaml: str, tracking_uri
     if auto_promote:
         from kdflow.registry.promotion import promote
 
+        # After the lock above is released: promote takes it itself (the lock is not reentrant).
         outcome = promote(cfg.registry.model_name, str(version.version), tracking_uri, action="auto")
         log.info("auto-promote: %s", outcome.message)
         result["promoted"] = outcome.promoted

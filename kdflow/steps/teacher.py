@@ -80,7 +80,7 @@ def prepare(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_uri: str
     if not teacher_uri:
         raise KdflowError("no teacher given", "pass a teacher (TorchScript, checkpoint or models:/ URI)")
     dataset = DatasetManifest.open(dataset_dir)
-    source = TeacherSource(teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std).reach(tracking_uri)
+    source = TeacherSource.of(teacher_uri, cfg.teacher).reach(tracking_uri)
     digest = source.digest()
     # The given teacher's digest from the start of the run keys KFP's cache of this step; without
     # adaptation the teacher read here is that teacher, and must still be it.
@@ -154,6 +154,23 @@ class Labeller:
         return compress(logits.reshape(len(images_u8), self.job.dataset.num_classes), self.job.cfg.teacher.top_k)
 
 
+def verified_hit(job: TeacherJob) -> bool:
+    """True when the entry is complete and every shard of it reads back sound (``SoftLabelCache.verify``).
+
+    A hit is read in full here, once (labels are about 54 bytes a sample a view), because a later
+    step would otherwise find a corrupt or vanished shard only when it reads it, and fail. A damaged
+    entry is reported and treated as a miss: the labelling that follows keeps every valid file and
+    relabels only the missing or corrupt shards, then commits the views' next manifests."""
+    if not job.cache.committed(job.spec.key):
+        return False  # never labelled: a plain miss, nothing to report
+    problems = job.cache.verify(job.spec)
+    if problems:
+        log.warning("soft-label cache entry %s is damaged (%d problem(s): %s); relabelling what is missing or "
+                    "corrupt", job.spec.key[:12], len(problems),
+                    "; ".join(problems[:8]) + (" ..." if len(problems) > 8 else ""))
+    return not problems
+
+
 def run_teacher_inference(
     dataset_dir: str, teacher_uri: str, config_yaml: str, cache_uri: str, out_dir: str, expected_digest: str = "",
     tracking_uri: str | None = None,
@@ -164,8 +181,8 @@ def run_teacher_inference(
     augmentation, ``augment.views`` augmented views of the train split (see softlabels/views.py).
     """
     job = prepare(dataset_dir, teacher_uri, config_yaml, cache_uri, expected_digest, tracking_uri)
-    if job.cache.lookup(job.spec.key) is not None:
-        log.info("soft-label cache hit %s: the teacher is not run", job.spec.key[:12])
+    if verified_hit(job):
+        log.info("soft-label cache hit %s: every shard verified; the teacher is not run", job.spec.key[:12])
         check_floor(job)
         ref = job.ref(True)
     else:
@@ -173,7 +190,7 @@ def run_teacher_inference(
         check_floor(job, teacher)
         _, stats = job.cache.write(job.spec, Labeller(job, teacher),
                                    extra={"teacher_digest": job.digest, "teacher_uri": teacher_uri})
-        log.info("soft-label cache miss %s: the teacher labelled %d view(s), %d reused from earlier entries",
+        log.info("soft-label cache miss %s: %d view(s) committed, %d reused from earlier entries",
                  job.spec.key[:12], stats["views_computed"], stats["views_reused"])
         ref = job.ref(False)
     ref.save(out_dir)

@@ -5,8 +5,13 @@
   to label. Parts are contiguous ranges of (split, dataset shard) pairs, ``teacher.shards_per_task``
   dataset shards each (SoftLabelCache.label_part).
 * ``run_teacher_part`` labels one part's pending view shards (each part task a GPU pod).
-* ``run_teacher_commit`` runs after every part: it verifies every shard and commits the entry, or
+* ``run_teacher_commit`` runs after every part: it reads every shard back and commits the entry, or
   fails naming the missing shards; a rerun plans only the parts that still lack shards.
+
+On a hit the plan reads every shard back (``verified_hit``); a damaged entry is reported and planned
+as a miss: only the parts holding missing or corrupt shards get work, and the commit writes the
+next manifest generation of the views they fixed. Parts and commits of one key may run twice at once
+(a retried task, two pipelines): the cache's protocol makes that safe (softlabels/commit.py).
 
 Loop items carry the teacher's URI and digest: inside a loop, kfp.local 2.17 replaces any upstream
 task's parameter output a task takes with the loop item (see components/start_sweep.py), so a part
@@ -24,7 +29,7 @@ import math
 
 from kdflow.errors import KdflowError
 from kdflow.softlabels.ref import SoftLabelRef
-from kdflow.steps.teacher import Labeller, TeacherJob, check_floor, prepare
+from kdflow.steps.teacher import Labeller, TeacherJob, check_floor, prepare, verified_hit
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +45,8 @@ def run_teacher_plan(dataset_dir: str, teacher_uri: str, config_yaml: str, cache
     part with shards to label (part 0 alone when none has). Checks the teacher and its floor first."""
     job = prepare(dataset_dir, teacher_uri, config_yaml, cache_uri, expected_digest, tracking_uri)
     parts = part_count(job)
-    if job.cache.lookup(job.spec.key) is not None:
-        log.info("soft-label cache hit %s: the teacher is not run", job.spec.key[:12])
+    if verified_hit(job):
+        log.info("soft-label cache hit %s: every shard verified; the teacher is not run", job.spec.key[:12])
         check_floor(job)
         todo = []
     else:
@@ -62,24 +67,22 @@ def run_teacher_part(dataset_dir: str, teacher_uri: str, config_yaml: str, cache
         raise KdflowError(f"the teacher at {teacher_uri} changed during teacher inference (digest {job.digest[:12]}, "
                           f"the plan saw {teacher_digest[:12]})",
                           "run the pipeline again; do not replace a teacher while a run uses it")
-    if job.cache.lookup(job.spec.key) is not None:
-        log.info("soft-label cache entry %s is complete: part %d has nothing to label", job.spec.key[:12], part)
-        return {"shards_labelled": 0, "shards_kept": 0}
-    stats = job.cache.label_part(job.spec, Labeller(job), part, parts)
-    log.info("soft labels, part %d/%d: %d view shard(s) labelled, %d kept", part + 1, parts,
-             stats["shards_labelled"], stats["shards_kept"])
-    return stats
+    # No shortcut on a complete entry: the plan may have found it damaged, and this part's range is
+    # checked file by file (read back) whatever the entry says; the teacher loads only if needed.
+    return job.cache.label_part(job.spec, Labeller(job), part, parts)
 
 
 def run_teacher_commit(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_uri: str, out_dir: str,
                        expected_digest: str = "", tracking_uri: str | None = None) -> SoftLabelRef:
     """Commit the entry the parts labelled (or find it complete: a hit); write the ref to ``out_dir``."""
     job = prepare(dataset_dir, teacher_uri, config_yaml, cache_uri, expected_digest, tracking_uri)
-    hit = job.cache.lookup(job.spec.key) is not None
-    if not hit:
-        _, stats = job.cache.commit(job.spec, extra={"teacher_digest": job.digest, "teacher_uri": teacher_uri})
-        log.info("soft-label cache entry %s committed: %d view(s) labelled, %d reused from earlier entries",
-                 job.spec.key[:12], stats["views_computed"], stats["views_reused"])
+    complete = job.cache.lookup(job.spec.key) is not None
+    # Always a full commit (every shard read back): after a plan that found the entry damaged, the
+    # relabelled shards are committed as the views' next manifests; on a sound hit nothing is written.
+    _, stats = job.cache.commit(job.spec, extra={"teacher_digest": job.digest, "teacher_uri": teacher_uri})
+    hit = complete and stats["views_computed"] == 0
+    log.info("soft-label cache entry %s %s: %d view(s) given a new manifest, %d reused", job.spec.key[:12],
+             "verified" if hit else "committed", stats["views_computed"], stats["views_reused"])
     ref = job.ref(hit)
     ref.save(out_dir)
     return ref

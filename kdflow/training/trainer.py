@@ -1,9 +1,10 @@
 """The training loop, shared by every distiller and by teacher bootstrap.
 
 It knows nothing of MLflow or KFP: per-epoch metrics go to an ``on_epoch`` callback, and a
-checkpoint (model, optimizer, scheduler, RNG, position) is written after every epoch, and every
-``train.checkpoint_every_steps`` steps within one, so a preempted run resumes where it stopped,
-to the same weights, instead of starting over.
+checkpoint (model, optimizer, scheduler, RNG, position, identity) is written after every epoch, and
+every ``train.checkpoint_every_steps`` steps within one, so a preempted run resumes where it stopped,
+to the same weights, instead of starting over; only from a checkpoint of the same run (see
+kdflow.training.checkpoints: identity, location, determinism on CPU vs CUDA).
 
 Under torchrun (``dist``: a ``DistContext`` with more than one process) each rank trains on its
 slice of every global batch in DistributedDataParallel; the epoch's sums are all-reduced, so the
@@ -12,7 +13,6 @@ metrics are those of one process, and rank 0 alone validates, reports and checkp
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from contextlib import nullcontext
@@ -25,9 +25,12 @@ from kdflow.config import TrainConfig
 from kdflow.distillers.base import Distiller
 from kdflow.errors import KdflowError
 from kdflow.progress import Progress
-from kdflow.storage import join, storage_for
-from kdflow.training import augment, distributed
+from kdflow.storage import join
+from kdflow.training import augment, checkpoints, distributed
 from kdflow.training.batches import ArrayBatches, to_float_images
+from kdflow.training.checkpoints import CHECKPOINT, CheckpointError  # noqa: F401 (part of this module's API)
+from kdflow.training.checkpoints import resident as checkpointed_resident  # noqa: F401 (kept for callers)
+from kdflow.training.checkpoints import save as _save
 from kdflow.training.device import full_fp32
 from kdflow.training.distributed import DistContext
 from kdflow.training.schedule import warmup_cosine
@@ -35,7 +38,6 @@ from kdflow.training.schedule import warmup_cosine
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-CHECKPOINT = "last.pt"
 CHECK_EVERY = 50  # steps between two reads of the divergence flag (the only host syncs within an epoch)
 _NO_STEP = 2**62  # "no bad step" when the ranks take the minimum of their first bad steps
 _COMPILED_PREFIX = "_orig_mod."  # what torch.compile's wrapper adds to every state-dict key
@@ -93,24 +95,6 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 def _autocast(device: torch.device):
     # bf16 needs no loss scaling; on CPU autocast would only slow these small convnets down.
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
-def checkpointed_resident(checkpoint_dir: str | None) -> bool | None:
-    """Whether the run checkpointed under ``checkpoint_dir`` trained on a resident split (None: no
-    checkpoint, or one from before this was recorded). Resident and streamed batches visit the rows
-    in different orders, so a resumed run must take the kind it started with, whatever memory the
-    device it resumes on has free."""
-    uri = join(checkpoint_dir, CHECKPOINT) if checkpoint_dir else None
-    if not uri or not (store := storage_for(uri)).exists(uri):
-        return None
-    state = torch.load(io.BytesIO(store.read_bytes(uri)), map_location="cpu", weights_only=True)
-    return state.get("resident")
-
-
-def _save(uri: str, state: dict) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    storage_for(uri).write_bytes(uri, buf.getvalue())
 
 
 def strip_compiled(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -248,12 +232,16 @@ def fit(
     validate: Callable[[], dict[str, float]] | None = None,
     on_epoch: EpochCallback | None = None,
     checkpoint_dir: str | None = None,
+    checkpoint_identity: dict[str, Any] | None = None,
     dist: DistContext | None = None,
 ) -> dict[str, float]:
     """Train ``distiller``'s trainable parameters for ``cfg.epochs``; returns the last epoch's metrics.
 
     ``dist``: this process's place under torchrun (None: the only process). Every rank must call
     ``fit`` with the same arguments; ``validate`` and ``on_epoch`` run on rank 0 only.
+    ``checkpoint_dir``: checkpoint there, and resume from the checkpoint found there, but only when
+    its identity is ``checkpoint_identity`` (what the caller knows of the run) and this call's
+    schedule; any other raises ``CheckpointError``. A checkpoint of a finished run trains nothing.
     """
     ctx = dist if dist is not None else DistContext(device=train.device)
     device = train.device
@@ -270,8 +258,10 @@ def fit(
 
     start_epoch, start_step, metrics, partial = 0, 0, {}, None
     ckpt_uri = join(checkpoint_dir, CHECKPOINT) if checkpoint_dir else None
-    if ckpt_uri and (store := storage_for(ckpt_uri)).exists(ckpt_uri):
-        state = torch.load(io.BytesIO(store.read_bytes(ckpt_uri)), map_location=device, weights_only=True)
+    identity = {"run": checkpoint_identity or {},
+                "structure": checkpoints.structure(cfg, steps, train.batch_size, ctx.world)}
+    if (state := checkpoints.read(checkpoint_dir, device)) is not None:
+        checkpoints.check(checkpoint_dir, state, identity)
         distiller.load_checkpoint_state(strip_compiled(state["model"]))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -290,7 +280,8 @@ def fit(
     def checkpoint(epoch_done: int, step: int, partial_totals: dict | None) -> None:
         """``epoch_done``: the last finished epoch; ``step``: steps done in the next one (0 at an epoch end)."""
         if ckpt_uri and ctx.is_main:
-            _save(ckpt_uri, {"epoch": epoch_done, "step": step, "metrics": metrics, "partial": partial_totals,
+            _save(ckpt_uri, {"identity": identity, "epoch": epoch_done, "step": step, "metrics": metrics,
+                             "partial": partial_totals,
                              "model": strip_compiled(distiller.checkpoint_state()),
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "rng": torch.get_rng_state(),

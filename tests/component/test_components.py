@@ -92,7 +92,7 @@ def test_teacher_inference_component_misses_then_hits(runner, tiny_data, tiny_te
                          cache_uri=str(cache))
     assert out.outputs["first"] is False and out.outputs["second"] is True
     assert len(list(cache.rglob("entries/*.json"))) == 1
-    assert len(list(cache.rglob("views/*/manifest.json"))) == 3  # the plain view and 2 augmented ones
+    assert len(list(cache.rglob("views/*/manifests/*.json"))) == 3  # the plain view and 2 augmented ones
 
 
 @dsl.pipeline(name="teacher-fanout")
@@ -121,7 +121,7 @@ def test_teacher_inference_fans_out_into_the_one_task_entry(runner, tiny_data, t
     assert out.outputs["hit"] is False and out.outputs["again"] is True
     assert len([p for p in (runner / "root").rglob("teacher-part") if "-iteration-" in p.parent.name]) == 3
     assert len(list(cache.rglob("entries/*.json"))) == 1
-    assert len(list(cache.rglob("views/*/manifest.json"))) == 3
+    assert len(list(cache.rglob("views/*/manifests/*.json"))) == 3
 
 
 @dsl.pipeline(name="distill-evaluate")

@@ -5,6 +5,8 @@ The teacher runs in the training loop on the same augmented batch as the student
 Tracking goes to a SQLite MLflow store (the registry included), no server needed.
 """
 
+from pathlib import Path
+
 import mlflow
 import mlflow.pytorch
 import pytest
@@ -114,7 +116,7 @@ def test_hint_reads_the_layers_of_every_teacher_kind(kind, tmp_path, tiny_data, 
             experiment_names=[f"hint-{kind}"]).shape[0]  # a refused run leaves no MLflow run behind
         doc["teacher"]["arch"] = "convnet_s"
     result = run_distillation(str(tmp_path / "ds"), str(tmp_path / "ref"), yaml.safe_dump(doc), str(tmp_path / "out"),
-                              tracking_uri)
+                              tracking_uri, pipeline_run=f"online-{kind}")
     run = mlflow.get_run(result["run_id"])
     assert run.data.tags["kdflow.teacher_mode"] == "online" and run.data.metrics["train_hint"] > 0
     # The student that is saved and logged has no connector.
@@ -126,5 +128,6 @@ def test_hint_reads_the_layers_of_every_teacher_kind(kind, tmp_path, tiny_data, 
     logged = mlflow.pytorch.load_model(result["model_uri"])
     assert set(logged.state_dict()) == {f"net.{k}" for k in bare} | {"mean", "std"}
     # ...while training did build and train a connector (it is in the training checkpoint).
-    checkpoint = torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["student.pt"]  # no checkpoint in the model
+    checkpoint = torch.load(Path(result["checkpoints"]) / "last.pt", weights_only=True)["model"]
     assert any(k.startswith("connectors.0.proj.0") for k in checkpoint)

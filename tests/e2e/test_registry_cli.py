@@ -6,20 +6,17 @@ needed: promotion never loads one). Each test uses its own registered model in o
 """
 
 import json
-import sys
-from dataclasses import dataclass
 from unittest import mock
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from kdflow.cli import entrypoint
 from kdflow.config import Config
 from kdflow.evaluation.record import Predictions
 from kdflow.registry.history import parse_events
 from kdflow.registry.promotion import VersionTag
 from kdflow.tracking import Tag
+from tests.helpers import cli_in_process
 
 pytestmark = pytest.mark.e2e
 
@@ -34,24 +31,7 @@ PASSED = {Tag.GATE_PASSED: "true", Tag.GATE: "passed", Tag.PROMOTABLE: "true"}
 FAILED = {Tag.GATE_PASSED: "false", Tag.GATE: "failed: FAIL min_accuracy = 0.6 (>= 0.9)", Tag.PROMOTABLE: "false"}
 
 
-@dataclass
-class Ran:
-    code: int
-    out: str
-    err: str
-
-
-def kdflow(*args: str) -> Ran:
-    """The CLI in this process through its real entry point (KdflowError -> exit 2 is done there)."""
-    with CliRunner().isolation() as (out, err, _), mock.patch.object(sys, "argv", ["kdflow", *args]):
-        try:
-            entrypoint()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
-        sys.stdout.flush()
-        sys.stderr.flush()
-        return Ran(code, out.getvalue().decode(), err.getvalue().decode())
+kdflow = cli_in_process
 
 
 @pytest.fixture(scope="module")

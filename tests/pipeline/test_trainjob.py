@@ -237,9 +237,12 @@ def test_the_step_submits_waits_and_reads_back_rank_zeros_result(tmp_path):
     api = FakeApi([[{"type": "Complete", "status": "True"}]], on_create=rank_zero_finishes)
     result = step.run_trainjob("s3://b/d", "s3://b/l", CONFIG, out, "", f"kdflow/kdflow-gpu:{__version__}",
                                namespace="ml", num_nodes=2, gpus_per_node=4, api=api,
-                               platform_yaml="gpu_resource: nvidia.com/gpu\ngpus_per_step: 1\n")
-    assert result == {"run_id": "r1", "model_uri": "runs:/r1/m", "job": f"TrainJob/ml/{step.job_name(out)}"}
+                               platform_yaml="gpu_resource: nvidia.com/gpu\ngpus_per_step: 1\n",
+                               pipeline_run_id="uuid-7")
     body = api.created[0][4]
+    assert result == {"run_id": "r1", "model_uri": "runs:/r1/m", "job": f"TrainJob/ml/{body['metadata']['name']}"}
+    # The workers scope their checkpoints by the pipeline run's unique id (kdflow.steps.distill).
+    assert {"name": step.RUN_ID_ENV, "value": "uuid-7"} in body["spec"]["trainer"]["env"]
     assert body["metadata"]["name"].startswith("kdflow-distill-") and len(body["metadata"]["name"]) <= 63
     assert body["spec"]["trainer"]["numNodes"] == 2
     # A job that "succeeds" without rank 0's file is not taken for a trained model.
@@ -257,8 +260,10 @@ def test_the_node_entry_runs_distillation_with_the_env_config_and_a_fetched_refe
     (tmp_path / "labels" / REF_FILE).write_text('{"cache_key": "k"}')
     calls = []
 
-    def fake_distillation(dataset, soft_labels, config, out, tracking_uri, pipeline_run="", teacher_input_digest=""):
-        calls.append((dataset, soft_labels, config, out, tracking_uri, pipeline_run, teacher_input_digest))
+    def fake_distillation(dataset, soft_labels, config, out, tracking_uri, pipeline_run="", teacher_input_digest="",
+                          pipeline_run_id=""):
+        calls.append((dataset, soft_labels, config, out, tracking_uri, pipeline_run, teacher_input_digest,
+                      pipeline_run_id))
         assert json.loads((tmp_path.joinpath(soft_labels) / REF_FILE).read_text()) == {"cache_key": "k"}
         return {"run_id": "r9", "model_uri": "runs:/r9/model"}
 
@@ -266,12 +271,13 @@ def test_the_node_entry_runs_distillation_with_the_env_config_and_a_fetched_refe
     monkeypatch.setenv(CONFIG_ENV, CONFIG)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv(step.RUN_ID_ENV, "uuid-7")  # what run_trainjob puts in the job's env
     out = tmp_path / "model"
     assert step.main(["--dataset", "s3://b/d", "--soft-labels", f"file://{tmp_path}/labels", "--out", str(out),
                       "--pipeline-run", "run-7", "--teacher-digest", "abc123"]) == 0
-    (dataset, soft_labels, config, _, tracking, run, teacher_digest) = calls[0]
+    (dataset, soft_labels, config, _, tracking, run, teacher_digest, run_id) = calls[0]
     assert dataset == "s3://b/d" and "://" not in soft_labels and config == CONFIG
-    assert tracking == "http://mlflow:5000" and run == "run-7" and teacher_digest == "abc123"
+    assert tracking == "http://mlflow:5000" and run == "run-7" and teacher_digest == "abc123" and run_id == "uuid-7"
     assert json.loads((out / step.RESULT_FILE).read_text()) == {"run_id": "r9", "model_uri": "runs:/r9/model"}
     monkeypatch.setenv("RANK", "1")  # other ranks write nothing
     (out / step.RESULT_FILE).unlink()
@@ -310,3 +316,29 @@ def test_the_component_defaults_to_the_gpu_image_of_this_version(tmp_path):
     assert params["kind"]["defaultValue"] == "TrainJob"
     (executor,) = spec["deploymentSpec"]["executors"].values()
     assert executor["container"]["image"] == CPU_IMAGE  # the submitting pod needs no GPU
+
+
+def test_a_retried_task_adopts_the_job_of_its_preempted_attempt_and_takes_its_output(tmp_path):
+    """A KFP retry gets a new output URI; the job is named by the pipeline run and the inputs, so the retry
+    finds the job the lost attempt submitted (not a second job on the same checkpoints) and copies its output."""
+    from kdflow.steps import trainjob as step
+
+    first, retry = f"file://{tmp_path}/attempt-1", f"file://{tmp_path}/attempt-2"
+    inputs = ("s3://b/d", "s3://b/l", CONFIG, "")
+    assert step.job_name(first, "uuid-7", inputs) == step.job_name(retry, "uuid-7", inputs)
+    assert step.job_name(first, "uuid-8", inputs) != step.job_name(first, "uuid-7", inputs)
+    # The first attempt's job ran to the end and its rank 0 wrote under the first attempt's output.
+    (tmp_path / "attempt-1").mkdir()
+    (tmp_path / "attempt-1" / step.RESULT_FILE).write_text(json.dumps({"run_id": "r1", "model_uri": "runs:/r1/m"}))
+    (tmp_path / "attempt-1" / "student.pt").write_bytes(b"weights")
+
+    class AdoptedJob(ExistingJobApi):
+        def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+            job = super().get_namespaced_custom_object(group, version, namespace, plural, name)
+            return {**job, "spec": {"trainer": {"args": ["-m", "x", "--out", first]}}}
+
+    api = AdoptedJob([[{"type": "Complete", "status": "True"}]])
+    result = step.run_trainjob(*inputs[:3], retry, "", "img:1", namespace="ml", api=api, pipeline_run_id="uuid-7")
+    assert api.created == [] and api.deleted == []  # waited for the existing job: nothing submitted
+    assert result["run_id"] == "r1"
+    assert (tmp_path / "attempt-2" / "student.pt").read_bytes() == b"weights"

@@ -83,7 +83,7 @@ def test_interrupted_write_is_not_complete_and_resumes(dataset, tmp_path):
     with pytest.raises(RuntimeError, match="preempted"):
         cache.write(EntrySpec("t", dataset, 10), CountingTeacher(fail_on_call=3), extra={})
     written = cache.store.list(_plain_view_uri(cache, dataset))
-    assert len(written) == 2 and not any(u.endswith("manifest.json") for u in written)
+    assert len(written) == 2 and not any("/manifests/" in u for u in written)
     assert cache.lookup(key) is None  # shards without a manifest are never read as complete
     with pytest.raises(CacheError, match="not complete"):
         cache.load_split(key, "train", dataset.load_split("train").ids)
@@ -95,27 +95,36 @@ def test_interrupted_write_is_not_complete_and_resumes(dataset, tmp_path):
 
 
 def test_damaged_entries_are_misses_or_errors(dataset, tmp_path):
+    spec = EntrySpec("t", dataset, 10)
     cache = SoftLabelCache(str(tmp_path / "cache"))
     key = cache_key("t", dataset, 10)
-    cache.write(EntrySpec("t", dataset, 10), CountingTeacher(), extra={})
-    manifest_uri = join(_plain_view_uri(cache, dataset), "manifest.json")
+    cache.write(spec, CountingTeacher(), extra={})
+    manifest_uri = join(cache.manifests_uri(spec.view_key(IDENTITY)), "00000000.json")
     manifest = json.loads(cache.store.read_bytes(manifest_uri))
-    first = join(_plain_view_uri(cache, dataset), manifest["splits"]["train"]["shards"][0]["file"])
+    name = manifest["splits"]["train"]["shards"][0]["file"]
+    first = join(_plain_view_uri(cache, dataset), name)
     raw = bytearray(cache.store.read_bytes(first))
+    assert verify_clean(cache, spec)
 
-    raw[-40] ^= 0xFF  # same size, different bytes: a hit on lookup, refused on read
+    raw[-40] ^= 0xFF  # same size, different bytes: a hit on lookup, refused on read, found by verify
     cache.store.write_bytes(first, bytes(raw))
     assert cache.lookup(key) is not None
-    with pytest.raises(CacheError, match="fails its digest check"):
-        cache.load_split(key, "train", dataset.load_split("train").ids)
+    with pytest.raises(CacheError, match="fails its digest check") as err:
+        SoftLabelCache(cache.root).load_split(key, "train", dataset.load_split("train").ids)
+    assert "re-run teacher inference" in err.value.fix
+    assert [p for p in cache.verify(spec) if name in p]
 
     cache.store.write_bytes(first, bytes(raw[:-10]))  # truncated: a miss
     assert cache.lookup(key) is None
 
-    cache.store.write_bytes(manifest_uri, b"{not json")  # torn manifest: a miss
+    cache.store.write_bytes(manifest_uri, b"{not json")  # unreadable manifest: a miss
     assert cache.lookup(key) is None
     cache.store.write_bytes(manifest_uri, json.dumps({**manifest, "key": "other"}).encode())
     assert cache.lookup(key) is None
+
+
+def verify_clean(cache, spec):
+    return cache.lookup(spec.key) is not None and cache.verify(spec) == []
 
 
 def test_soft_labels_must_align_with_dataset_rows(dataset, tmp_path):

@@ -88,3 +88,35 @@ def test_s3_listing_follows_pagination_past_1000_keys(s3_bucket):
         list(pool.map(lambda u: store.write_bytes(u, b"x"), uris))
     assert store.list(base) == sorted(uris)
     assert len(store.list_info(base)) == 1005
+
+
+def _creates_only_once(base: str) -> None:
+    """True: this call created the object; False: one was there and is left exactly as it was."""
+    store = storage_for(base)
+    uri = join(base, "d", "claim.json")
+    assert store.write_if_absent(uri, b"first") is True
+    assert store.write_if_absent(uri, b"second") is False
+    assert store.read_bytes(uri) == b"first"
+    assert store.list(base) == [uri]  # no temp file left beside it, in either outcome
+
+
+def test_local_write_if_absent_creates_only_once(tmp_path):
+    _creates_only_once(str(tmp_path / "store"))
+
+
+def test_s3_write_if_absent_creates_only_once(s3_bucket):
+    _creates_only_once(f"s3://{s3_bucket}/p")
+
+
+def test_local_write_if_absent_has_one_winner_among_racers(tmp_path):
+    """Threads racing to create one file: exactly one wins, and the file holds the winner's bytes whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = storage_for(str(tmp_path))
+    uri = str(tmp_path / "key")
+    payloads = [bytes([i]) * 100_000 for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        won = list(pool.map(lambda data: store.write_if_absent(uri, data), payloads))
+    assert won.count(True) == 1
+    assert store.read_bytes(uri) == payloads[won.index(True)]
+    assert [p.name for p in tmp_path.iterdir()] == ["key"]

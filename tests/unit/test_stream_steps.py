@@ -79,13 +79,17 @@ def test_a_resumed_distillation_keeps_the_kind_of_batches_it_started_with(labell
 
     root, _ = labelled
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run_distillation(str(root / "ds"), str(root / "ref"), _config(tiny_config_yaml, "never"),
-                     str(tmp_path / "out"), tracking_uri)
-    assert checkpointed_resident(str(tmp_path / "out" / "checkpoints")) is False
+    text = _config(tiny_config_yaml, "auto")
+    real = step.make_batches
+    # The first attempt runs where the split does not fit: "auto" streams it.
+    monkeypatch.setattr(step, "make_batches", lambda *a, **kw: real(*a, **{**kw, "resident": "never"}))
+    first = run_distillation(str(root / "ds"), str(root / "ref"), text, str(tmp_path / "out"), tracking_uri,
+                             pipeline_run=f"resident-{tmp_path.name}")
+    assert checkpointed_resident(first["checkpoints"]) is False
     assert checkpointed_resident(str(tmp_path / "none")) is None
     asked = []
-    real = step.make_batches
     monkeypatch.setattr(step, "make_batches", lambda *a, **kw: asked.append((a[1], kw["resident"])) or real(*a, **kw))
-    run_distillation(str(root / "ds"), str(root / "ref"), _config(tiny_config_yaml, "auto"), str(tmp_path / "out"),
-                     tracking_uri)
+    # Its retry (same pipeline run, inputs and config: the same checkpoint location) on a roomier device.
+    run_distillation(str(root / "ds"), str(root / "ref"), text, str(tmp_path / "out2"), tracking_uri,
+                     pipeline_run=f"resident-{tmp_path.name}")
     assert ("train", "never") in asked  # "auto" would hold this small split whole

@@ -1,0 +1,235 @@
+"""Secrets never leak: a recognisable secret is planted in the environment, in a URI's user-info or
+token query, and next to a Kubernetes secret reference, and every output is searched for it: the
+files a run writes (kfp.local outputs, the MLflow store and artifacts, the cache, the logs), the
+command's stdout and stderr, MLflow params and tags, the compiled pipeline and its parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdflow.config import Config
+from kdflow.errors import ConfigError
+from kdflow.redact import credential_uris, has_credentials, redact_text, redact_uri
+from tests.helpers import cli_in_process, run_kdflow
+
+SECRET = "KDFLOW-PLANTED-SECRET-7f3a"
+# Every variable a secret reaches kdflow, MLflow, boto3 or kfp through (each a distinct value, so a
+# leak names its source); all share SECRET as a prefix, which is what is searched for.
+SECRET_ENV = {"AWS_SECRET_ACCESS_KEY": f"{SECRET}-aws", "AWS_SESSION_TOKEN": f"{SECRET}-session",
+              "MLFLOW_TRACKING_PASSWORD": f"{SECRET}-mlflow-password", "MLFLOW_TRACKING_TOKEN": f"{SECRET}-token",
+              "KF_PIPELINES_TOKEN": f"{SECRET}-kfp", "MLFLOW_TRACKING_USERNAME": "kdflow-user"}
+
+
+kdflow = cli_in_process
+
+
+def files_holding(root: Path, needle: str = SECRET) -> list[str]:
+    """Every file below ``root`` whose bytes contain ``needle`` (binary files and databases too)."""
+    raw = needle.encode()
+    return [str(p) for p in root.rglob("*") if p.is_file() and raw in p.read_bytes()]
+
+
+@pytest.mark.parametrize("uri, shown", [
+    (f"http://alice:{SECRET}@127.0.0.1:5000", "http://***@127.0.0.1:5000"),
+    (f"https://{SECRET}@mlflow.example.com/", "https://***@mlflow.example.com/"),
+    (f"s3://bucket/teacher.pt?X-Amz-Credential=AKIA&X-Amz-Signature={SECRET}",
+     "s3://bucket/teacher.pt?X-Amz-Credential=***&X-Amz-Signature=***"),
+    (f"https://host/teacher.pt?token={SECRET}#frag", "https://host/teacher.pt?token=***#***"),
+    (f"postgresql://mlflow:{SECRET}@db/mlflow", "postgresql://***@db/mlflow"),
+], ids=["password", "bare-token", "presigned", "token-query", "database"])
+def test_a_uri_with_credentials_is_recognised_and_shown_redacted(uri, shown):
+    assert has_credentials(uri) and redact_uri(uri) == shown and SECRET not in redact_uri(uri)
+    assert credential_uris(f"tracking_uri: {uri}\ncache_uri: s3://b/c\n") == [shown]
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/cache", "/data/images", "file:///data", "models:/teacher@champion",
+                                 "sqlite:////tmp/mlflow.db", "http://mlflow:5000"])
+def test_a_uri_without_credentials_is_left_alone(uri):
+    assert not has_credentials(uri) and redact_text(uri) == uri
+
+
+def test_a_database_user_name_alone_is_accepted_but_not_shown():
+    # Its password may come from the environment; the name is still nobody else's business.
+    assert not has_credentials("postgresql://mlflow@db/x") and redact_text("postgresql://mlflow@db/x") == \
+        "postgresql://***@db/x"
+
+
+def test_a_local_run_with_secrets_in_its_environment_records_none_of_them(tmp_path, tiny_data, tiny_teacher,
+                                                                           tiny_config_yaml):
+    """The real local pipeline end to end (kfp.local, every step a process) with every credential
+    variable set to a planted secret: no file it writes, no line it prints, no MLflow param or tag
+    holds one."""
+    from mlflow import MlflowClient
+
+    config = tmp_path / "run.yaml"
+    config.write_text(tiny_config_yaml)
+    work = tmp_path / "work"
+    done = run_kdflow("run", "--data", str(tiny_data), "--teacher", tiny_teacher, "--config", str(config),
+                      "--workdir", str(work), cwd=tmp_path, env=SECRET_ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "registered" in done.stdout and SECRET not in done.stdout + done.stderr
+
+    written = {"pipeline outputs": work / "pipeline_runs", "MLflow store": work / "mlflow.db",
+               "MLflow artifacts": work / "mlartifacts", "soft-label cache": work / "cache", "logs": work / "logs"}
+    assert all(p.exists() for p in written.values()), {k: p.exists() for k, p in written.items()}
+    assert list((work / "mlartifacts").rglob("MLmodel")) and list((work / "mlartifacts").rglob("config.yaml"))
+    assert files_holding(tmp_path) == []  # everything the run wrote, the store's database file included
+
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs
+    for run in runs:
+        recorded = {**run.data.params, **run.data.tags}
+        assert not [k for k, v in recorded.items() if SECRET in v], run.info.run_id
+    for model in client.search_registered_models():
+        assert SECRET not in str(model.tags)
+        for version in client.search_model_versions(f"name='{model.name}'"):
+            assert SECRET not in str(version.tags) + str(version.source)
+
+
+@pytest.mark.parametrize("flag, uri", [
+    ("--tracking-uri", f"http://user:{SECRET}@127.0.0.1:9"),
+    ("--tracking-uri", f"https://{SECRET}@mlflow.example.com"),
+    ("--cache-uri", f"s3://bucket/cache?X-Amz-Security-Token={SECRET}"),
+    ("--teacher", f"https://models.example.com/teacher.pt?token={SECRET}"),
+    ("--data", f"s3://AKIAEXAMPLE:{SECRET}@bucket/images/"),
+], ids=["tracking-password", "tracking-token", "cache-presigned", "teacher-token", "data-keys"])
+def test_a_local_run_given_a_uri_with_credentials_is_refused_before_writing_anything(tmp_path, flag, uri):
+    work = tmp_path / "work"
+    ran = kdflow("run", flag, uri, "--workdir", str(work))
+    assert ran.code == 2, ran.err
+    assert "embeds credentials" in ran.err and "MLFLOW_TRACKING_PASSWORD" in ran.err and "fix:" in ran.err
+    assert "***" in ran.err and SECRET not in ran.out + ran.err
+    assert not work.exists()  # refused before the work folder (data, teacher, store) is made
+
+
+def test_credentials_in_the_config_file_or_the_environment_uri_are_refused_too(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"tracking_uri: http://alice:{SECRET}@mlflow:5000\n")
+    from_file = kdflow("run", "--config", str(config), "--workdir", str(tmp_path / "a"))
+    assert from_file.code == 2 and "the config's tracking_uri http://***@mlflow:5000" in from_file.err
+    from_env = kdflow("run", "--workdir", str(tmp_path / "b"),
+                      env={"MLFLOW_TRACKING_URI": f"http://alice:{SECRET}@mlflow:5000"})
+    assert from_env.code == 2 and "$MLFLOW_TRACKING_URI http://***@mlflow:5000" in from_env.err
+    for ran in (from_file, from_env):
+        assert SECRET not in ran.out + ran.err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+CLUSTER = ("--host", "http://127.0.0.1:9", "--image-prefix", "ghcr.io/acme", "--data", "s3://b/images",
+           "--teacher", "s3://b/teacher.pt", "--cache-uri", "s3://b/cache")
+
+
+@pytest.mark.parametrize("command", [["submit"], ["schedule", "--cron", "@daily"]])
+@pytest.mark.parametrize("flag, uri", [
+    ("--tracking-uri", f"http://user:{SECRET}@mlflow:5000"),
+    ("--cache-uri", f"s3://b/cache?X-Amz-Signature={SECRET}"),
+    ("--teacher", f"s3://key:{SECRET}@b/teacher.pt"),
+], ids=["tracking-password", "cache-presigned", "teacher-keys"])
+def test_submit_and_schedule_refuse_a_uri_with_credentials_before_anything_is_sent(command, flag, uri):
+    # Port 9 (discard) has no KFP: had anything been sent, the error would be "cannot reach".
+    ran = kdflow(*command, *CLUSTER, flag, uri)
+    assert ran.code == 2 and "user name or password" in ran.err and "Kubernetes secret" in ran.err
+    assert "cannot reach" not in ran.err and SECRET not in ran.out + ran.err
+
+
+def test_submit_refuses_parameters_holding_a_secret_value_of_this_machine(tmp_path):
+    """A secret of the environment pasted into the run config (which becomes the `config` parameter)."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"registry: {{experiment: {SECRET}-aws}}\n")
+    ran = kdflow("submit", *CLUSTER, "--config", str(config), env={"AWS_SECRET_ACCESS_KEY": f"{SECRET}-aws"})
+    assert ran.code == 2 and "pipeline parameter config would hold a secret value" in ran.err
+    assert "cannot reach" not in ran.err and SECRET not in ran.out + ran.err
+
+
+@pytest.mark.parametrize("command", [["registry", "m"], ["promote", "m", "1"], ["rollback", "m"]])
+def test_registry_commands_refuse_a_tracking_uri_with_credentials(command):
+    ran = kdflow(*command, "--tracking-uri", f"http://user:{SECRET}@127.0.0.1:9")
+    assert ran.code == 2 and "--tracking-uri http://***@127.0.0.1:9 embeds credentials" in ran.err
+    assert SECRET not in ran.out + ran.err
+
+
+def test_steps_refuse_a_tracking_uri_parameter_with_credentials():
+    """Defence in depth: a pipeline step given such a URI (a spec edited by hand) refuses it too."""
+    from kdflow.registry.promotion import promote
+    from kdflow.steps.champion import decide_retraining
+    from kdflow.steps.register import run_registration
+
+    uri = f"http://user:{SECRET}@127.0.0.1:9"
+    calls = [lambda: run_registration("r", "runs:/r/model", "", uri),
+             lambda: decide_retraining("f", "t", "", uri, skip_unchanged=True),
+             lambda: promote("m", "1", uri)]
+    for call in calls:
+        with pytest.raises(ConfigError) as refused:
+            call()
+        assert "http://***@127.0.0.1:9" in str(refused.value) and SECRET not in str(refused.value)
+
+
+def test_what_kdflow_records_and_logs_is_redacted(tmp_path, monkeypatch, capsys):
+    """Past the entry points: the run config logged as params and config.yaml, run tags (TEACHER_URI)
+    and log lines carry no credentials, and no secret value of the environment."""
+    import mlflow
+
+    from kdflow import tracking
+    from kdflow.logs import RedactingFormatter
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", f"{SECRET}-aws")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.use_tracking(uri)
+    cfg = Config(teacher_uri=f"https://host/t.pt?token={SECRET}", cache_uri=f"s3://k:{SECRET}@b/cache",
+                 tracking_uri=f"http://u:{SECRET}@mlflow:5000", data_uri="s3://b/images")
+    with mlflow.start_run(experiment_id=tracking.experiment_id("secrets", uri)) as run:
+        tracking.log_config(cfg)
+        tracking.set_tags({"kdflow.teacher_uri": cfg.teacher_uri, "note": f"key {SECRET}-aws"})
+    logged = mlflow.get_run(run.info.run_id).data
+    assert logged.params["teacher_uri"] == "https://host/t.pt?token=***"
+    assert logged.params["cache_uri"] == "s3://***@b/cache" and logged.params["data_uri"] == "s3://b/images"
+    assert logged.tags["kdflow.teacher_uri"] == "https://host/t.pt?token=***" and logged.tags["note"] == "key ***"
+    assert files_holding(tmp_path) == []
+
+    record = logging.LogRecord("kdflow.x", logging.ERROR, __file__, 1, "cannot reach %s (key %s)",
+                               (cfg.tracking_uri, f"{SECRET}-aws"), None)
+    line = RedactingFormatter("%(message)s").format(record)
+    assert line == "cannot reach http://***@mlflow:5000 (key ***)"
+
+
+def test_the_compiled_pipeline_names_kubernetes_secrets_and_never_holds_their_values(tmp_path, monkeypatch):
+    """A platform file naming a secret and its keys, compiled with the planted secret also in the
+    compiling process's environment: the spec references the secret by name and key, holds no value,
+    and its pipeline parameters (root inputDefinitions defaults) hold none either."""
+    for var, value in SECRET_ENV.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:{SECRET}@mlflow:5000")
+    platform = tmp_path / "platform.yaml"
+    platform.write_text(yaml.safe_dump({"secrets": [
+        {"secret": "planted-s3", "env": {"access-key": "AWS_ACCESS_KEY_ID", "secret-key": "AWS_SECRET_ACCESS_KEY"}},
+        {"secret": "planted-mlflow", "env": {"password": "MLFLOW_TRACKING_PASSWORD"}, "optional": True}]}))
+    spec_path = tmp_path / "pipeline.yaml"
+    ran = kdflow("compile", "--platform", str(platform), "-o", str(spec_path))
+    assert ran.code == 0, ran.err
+    text = spec_path.read_text()
+    assert SECRET not in text and SECRET not in ran.out + ran.err
+    docs = list(yaml.safe_load_all(text))
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    refs = {(s["secretName"], e["secretKey"], e["envVar"]) for cfg in executors.values()
+            for s in cfg.get("secretAsEnv", []) for e in s["keyToEnv"]}
+    assert {("planted-s3", "secret-key", "AWS_SECRET_ACCESS_KEY"),
+            ("planted-mlflow", "password", "MLFLOW_TRACKING_PASSWORD")} <= refs
+    parameters = docs[0]["root"]["inputDefinitions"]["parameters"]
+    defaults = {name: p.get("defaultValue") for name, p in parameters.items()}
+    assert not [n for n, v in defaults.items() if SECRET in str(v) or credential_uris(str(v))]
+    assert defaults.get("tracking_uri", "") == ""  # the compiling machine's MLFLOW_TRACKING_URI is not baked in
+
+
+def test_a_secret_value_pasted_where_a_secret_name_goes_is_refused_without_repeating_it(tmp_path):
+    platform = tmp_path / "platform.yaml"
+    platform.write_text(yaml.safe_dump({"secrets": [{"secret": SECRET, "env": {"key": "AWS_SECRET_ACCESS_KEY"}}]}))
+    ran = kdflow("compile", "--platform", str(platform), "-o", str(tmp_path / "pipeline.yaml"))
+    assert ran.code == 2 and "secrets[0].secret" in ran.err and "kubectl create secret" in ran.err
+    assert SECRET not in ran.out + ran.err and not (tmp_path / "pipeline.yaml").exists()

@@ -54,7 +54,7 @@ install: $(STAMP) ## Create .venv and install kdflow and its test tools (only wh
 run: install ## Run the pipeline end to end locally (embedded default: scikit-learn digits, a trained teacher)
 	$(KDFLOW) run $(if $(DATA),--data "$(DATA)") $(if $(TEACHER),--teacher "$(TEACHER)") $(if $(CONFIG),--config "$(CONFIG)")
 
-test: install ## Run every test tier: unit, component (kfp.local), pipeline (spec), end-to-end
+test: install ## Run every test tier: unit, component (kfp.local), pipeline (spec), end-to-end, faults
 	$(PYTEST) $(PYTEST_ARGS)
 
 test-unit: install ## Unit tests only (fast)

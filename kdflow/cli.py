@@ -375,6 +375,12 @@ cli_registry.register(main)
 
 
 def entrypoint() -> None:
+    from kdflow.logs import install_excepthook
+
+    # Any other exception is a bug, and its traceback quotes what it was given (URIs, a library's
+    # error text naming the tracking URL): it propagates (exit status 1; a caller in-process still
+    # gets it) and the interpreter prints it through this redacting hook.
+    install_excepthook()
     try:
         main(standalone_mode=False)
     except click.exceptions.Abort:

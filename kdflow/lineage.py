@@ -28,6 +28,9 @@ def config_hash(cfg: Config) -> str:
     data = cfg.to_dict()
     for key in LOCATIONS + _JUDGING:
         data.pop(key, None)
+    # Whether a pickled teacher may be loaded changes nothing computed: a run that trusts its teacher
+    # has the lineage of one that did not need to.
+    data.get("teacher", {}).pop("trust_pickle", None)
     return digest_of(data)
 
 

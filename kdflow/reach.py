@@ -98,7 +98,7 @@ def check_tracking(uri: str) -> None:
         path = uri.split(":///", 1)[1].split("?")[0] if ":///" in uri else ""
         if path and path != ":memory:":
             _check_writable(Path(path).parent, uri, Path(path))
-    elif base == "file" or not scheme:
+    elif base == "file" or (not scheme and base != "databricks"):
         _check_writable(Path(urlsplit(uri).path if scheme else uri), uri)  # MLflow's file store
     elif base in _DB_PORTS:
         parts = urlsplit(uri)

@@ -47,6 +47,7 @@ class Tag:
     CHAMPION_CHECK = "kdflow.champion_check"  # the champion check at evaluation, in words
     EXPORT_PREFIX = "kdflow.export."  # + format: its runs:/ URI; + format + ".check": how it matched PyTorch
     RUN_ID = "kdflow.run_id"
+    MODEL_URI = "kdflow.model_uri"  # on a distillation run: the model it logged (a retry reuses it)
     REGISTERED_MODEL = "kdflow.registered_model"
     REGISTERED_VERSION = "kdflow.registered_version"
 

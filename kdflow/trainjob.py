@@ -255,7 +255,8 @@ def job_state(job: dict, kind: Kind) -> tuple[str, str]:
 def _create(api: CustomObjects, job: dict, where: tuple[str, str, str, str, str],
             sleep: Callable[[float], None], polls: int = 60) -> None:
     """Create the job. A retried pipeline task finds its own job already there (the name follows the
-    task's output URI): a running or finished one is waited for, a failed one replaced."""
+    pipeline run and the task's inputs, kdflow.steps.trainjob.job_name): a running or finished one is
+    waited for, a failed one replaced."""
     group, version, namespace, plural, name = where
     try:
         api.create_namespaced_custom_object(group, version, namespace, plural, job)

@@ -96,6 +96,10 @@ def _list_local(root: Path) -> SourceListing:
 
     def unlistable(exc: OSError) -> None:
         rel = Path(exc.filename or root).relative_to(root).as_posix() if exc.filename else "."
+        if rel != "." and (Path(rel).name.startswith(".") or Path(rel).name == "lost+found"):
+            # Never a class (hidden) or a file system's own (ext4's root-only lost+found): report, go on.
+            skipped.append({"path": _printable(rel), "reason": f"cannot list folder: {exc.strerror or exc}"})
+            return
         raise DataError(f"cannot list folder {_printable(rel)} under {root}: {exc.strerror or exc}",
                         "make it readable by the user running kdflow (chmod/chown), or remove it")
 

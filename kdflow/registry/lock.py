@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 LOCK_SUFFIX = ".kdflow-lock"
 HOLDER_TAG = "kdflow.lock.holder"  # "user@host pid N <uuid>": who holds it
 SINCE_TAG = "kdflow.lock.since"  # the holder's time.time() when it took the lock
-TTL_S = 600.0  # a lock this old belongs to a dead holder (the guarded work takes seconds)
-TIMEOUT_S = 300.0  # how long to wait for a live holder before giving up
+TTL_S = 300.0  # a lock this old belongs to a dead holder (the guarded work takes seconds)
+# How long to wait for a holder before giving up: longer than the TTL, so that a waiter who came just
+# after a holder died outlasts the TTL and breaks the lock instead of failing.
+TIMEOUT_S = TTL_S + 120.0
 _FIRST_WAIT_S, _MAX_WAIT_S = 0.05, 2.0  # back-off between tries (doubled each time, with jitter)
 
 
@@ -121,6 +123,8 @@ def registry_lock(client, name: str, ttl: float = TTL_S, timeout: float = TIMEOU
     deadline = time.monotonic() + timeout
     wait = _FIRST_WAIT_S
     while not _try_create(client, target, holder, name):
+        if wait == _FIRST_WAIT_S:
+            log.info("the registry lock of %s is held: waiting for it", name)
         current = _read(client, target)
         if current is not None and _age(current, time.time()) > ttl:
             stale = current.tags.get(HOLDER_TAG)

@@ -138,6 +138,8 @@ def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softla
 
     from kdflow import tracking
 
+    # First: an unreachable MLflow is a clear error in seconds, not after the data is loaded.
+    tracking_uri = tracking.use_tracking(tracking_uri)  # also before a models:/ teacher is looked up
     dataset = DatasetManifest.open(dataset_dir)
     ref = SoftLabelRef.load(softlabels_dir)
     device = ctx.device
@@ -176,7 +178,6 @@ def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softla
     # Validation agreement with the teacher is reported for every method, the baseline included
     # (the teacher's top-1 only: [N_val] ints).
     teacher_val_top1 = cache.load_split(ref.cache_key, "val", val.ids).top1() if val is not None else None
-    tracking_uri = tracking.use_tracking(tracking_uri)  # before a models:/ teacher is looked up
     teacher = None
     if cfg.teacher_mode() == "online":
         source = TeacherSource.of(ref.teacher_uri, cfg.teacher)
@@ -206,12 +207,23 @@ def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softla
         return {}
     exp = tracking.experiment_id(cfg.registry.experiment, tracking_uri)
     # One MLflow run per task, whatever the retries: a retry continues the run its killed attempt left
-    # RUNNING (metrics are logged per epoch, so an epoch logged twice holds one value). Without a
-    # checkpoint location there is nothing to continue.
+    # RUNNING, or the run it finished when it was lost before the step returned. Without a checkpoint
+    # location there is nothing to continue.
     key = digest_of(identity)
     resumed = _previous_run(exp, key) if ckpt_dir else None
+    logged_epochs: set[int] = set()
+    earlier_model = None
     if resumed:
         log.info("continuing MLflow run %s of an earlier attempt", resumed)
+        client = mlflow.MlflowClient()
+        # An epoch logged before the kill and trained again after it (killed between its metrics and
+        # its checkpoint) is not logged twice: MLflow keeps every point, so the history would repeat it.
+        logged_epochs = {m.step for m in client.get_metric_history(resumed, "lr")}
+        earlier_model = client.get_run(resumed).data.tags.get(Tag.MODEL_URI)
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch not in logged_epochs:
+            mlflow.log_metrics(metrics, step=epoch)
     with mlflow.start_run(run_id=resumed, experiment_id=None if resumed else exp,
                           run_name=run_name or f"{cfg.distill.method}-{cfg.student.arch}",
                           parent_run_id=None if resumed else parent_run_id or None,
@@ -225,7 +237,7 @@ def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softla
         final = fit(
             distiller, train, cfg.train,
             validate=validate if val is not None else None,
-            on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch),
+            on_epoch=on_epoch,
             checkpoint_dir=ckpt_dir,
             checkpoint_identity=identity,
             dist=ctx,
@@ -234,5 +246,8 @@ def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softla
         student_uri = join(out_dir, STUDENT_FILE)
         storage_for(student_uri).write_bytes(student_uri, save_checkpoint(student, cfg.student.arch,
                                                                           dataset.num_classes))
-        model_uri = tracking.log_model(student, tuple(example.shape[1:]))
+        # A retry of a step lost after logging its model (the weights are the same) reuses that model.
+        model_uri = earlier_model or tracking.log_model(student, tuple(example.shape[1:]))
+        if ckpt_dir and not earlier_model:
+            tracking.set_tags({Tag.MODEL_URI: model_uri})
     return {"run_id": run.info.run_id, "model_uri": model_uri, "final_metrics": final, "checkpoints": ckpt_dir or ""}

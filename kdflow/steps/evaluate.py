@@ -145,7 +145,7 @@ def run_evaluation(
         raise DataError("the dataset has an empty test split", "set data.test_fraction > 0 or add a test/ folder")
     ref = SoftLabelRef.load(softlabels_dir)
     student, _ = load_checkpoint((Path(model_dir) / STUDENT_FILE).read_bytes())
-    source = TeacherSource(ref.teacher_uri, cfg.teacher.arch, cfg.teacher.mean, cfg.teacher.std).reach(tracking_uri)
+    source = TeacherSource.of(ref.teacher_uri, cfg.teacher).reach(tracking_uri)
     teacher = source.load(dataset.mean, dataset.std).cpu().eval()
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,10 +11,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from kdflow.config import Config
 from kdflow.data.shards import DatasetManifest
 from kdflow.errors import ConfigError, DataError, KdflowError
 from kdflow.logs import setup_logging
+from kdflow.redact import redact_text
 from kdflow.sweep.plan import SweepPlan
 from kdflow.sweep.report import TrialResult, plot_trials, ranked, table_markdown, trial_table
 from kdflow.tracking import SweepTag, Tag
@@ -68,9 +71,11 @@ def start_sweep(dataset_dir: str, config_yaml: str, trials_json: str, tracking_u
     params = {"sweep.strategy": plan.strategy, "sweep.metric": plan.metric, "sweep.trials": len(plan.trials),
               "sweep.swept": ", ".join(plan.swept), "sweep.labelling_trial": plan.trials[plan.labelling].name}
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    client.log_dict(run_id, plan.spec, "sweep/spec.yaml")
-    client.log_text(run_id, trials_json, "sweep/plan.json")
-    client.log_text(run_id, cfg.to_yaml(), "sweep/labelling-config.yaml")
+    # Artifacts anyone with access to the experiment reads: a URI with credentials or a secret value
+    # that got into the sweep file or a config is masked (the trials themselves refuse such URIs).
+    client.log_text(run_id, redact_text(yaml.safe_dump(plan.spec, sort_keys=False)), "sweep/spec.yaml")
+    client.log_text(run_id, redact_text(trials_json), "sweep/plan.json")
+    client.log_text(run_id, redact_text(cfg.to_yaml()), "sweep/labelling-config.yaml")
     log.info("sweep: parent run %s, %d trial(s), winner by %s", run_id, len(plan.trials), plan.metric)
     items = [{"run_name": t.name, "config": t.config.to_yaml(), "parent_run_id": run_id, "pipeline_run": pipeline_run}
              for t in plan.trials]
@@ -178,7 +183,9 @@ def close_sweep(sweep_id: str, tracking_uri: str | None, state: str, error: str 
     if state == "SUCCEEDED":
         return []
     sweep_id = sweep_id or pipeline_run
-    reason = (error or state)[:5000]
+    # The pipeline's error text quotes what failed (URIs, a library's message naming the tracking URL):
+    # redacted before it becomes a tag, and before the cut, which could split a URI and hide its "@".
+    reason = redact_text(error or state)[:5000]
     tracking.use_tracking(tracking_uri)
     parent = find_parent(sweep_id)
     if parent is None:  # it failed before start-sweep made the parent run: nothing to close

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from kdflow.digest import digest_of
-from kdflow.errors import KdflowError
+from kdflow.errors import KdflowError, StorageError
 from kdflow.storage import join, storage_for
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def read(checkpoint_dir: str | None, device: torch.device | str = "cpu") -> dict
         state = torch.load(io.BytesIO(store.read_bytes(uri)), map_location=device, weights_only=True)
         if not isinstance(state, dict) or not {"model", "optimizer", "scheduler", "rng", "epoch"} <= set(state):
             raise ValueError("not a kdflow training checkpoint")
-    except CheckpointError:
+    except (CheckpointError, StorageError):  # storage that fails now is not a broken checkpoint: keep it
         raise
     except Exception as exc:  # torn zip, garbage bytes, a foreign pickle: the loader's own exception types vary
         raise CheckpointError(f"the training checkpoint {uri} cannot be read ({type(exc).__name__}: {exc})",

@@ -164,6 +164,28 @@ def test_an_unlistable_class_folder_is_an_error_not_a_vanished_class(tmp_path, m
     assert _nothing_written(out)
 
 
+def test_an_unlistable_lost_and_found_or_hidden_folder_is_reported_not_fatal(tmp_path, monkeypatch):
+    """ext4's root-only lost+found at a volume's root (or a hidden folder) is never a class: a pod that
+    cannot list it reports it and goes on."""
+    root, out = _good(tmp_path / "data"), tmp_path / "out"
+    locked = [root / "lost+found", root / "plum" / ".snapshot"]
+    for folder in locked:
+        folder.mkdir()
+    real = os.scandir
+
+    def scandir(path="."):
+        if not isinstance(path, int) and os.fspath(path) in {str(f) for f in locked}:  # int: a descriptor
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    summary = _preprocess(root, out)
+    assert sum(summary["counts"].values()) == 12
+    dropped = json.loads((out / "report.json").read_text())["dropped"]
+    for rel in ("lost+found", "plum/.snapshot"):
+        assert {"path": rel, "reason": "cannot list folder: Permission denied"} in dropped, dropped
+
+
 def test_the_cli_step_exits_non_zero_with_problem_and_fix(tmp_path):
     """The step as a pipeline task runs it, in its own process: a non-zero exit, the message on
     stderr, and an empty output folder."""
@@ -297,6 +319,8 @@ def test_the_hostile_run_keeps_exactly_the_good_pictures_and_reads_nothing_outsi
     # The symlink inside the root was followed: a duplicate of its target, not a drop.
     assert {"path": "kiwi/alias.png", "reason": "duplicate of kiwi/000.png"} in report["duplicates"]
     assert sum(summary["counts"].values()) == 12  # 4 good pictures per class, nothing else
+    # The recorder saw the reads (not vacuous): every good picture was opened through it.
+    assert len({p for p in reads.paths if p.endswith((".png", ".jpg"))}) >= 12
     assert not [p for p in reads.paths if not p.startswith(str(os.path.realpath(root)) + os.sep)]
     # Dropped unread: never opened (the cap is judged from the listed size).
     assert os.path.realpath(root / "plum" / "huge.png") not in reads.paths

@@ -35,7 +35,7 @@ from kdflow.storage import join
 
 ROOT = Path(__file__).resolve().parents[2]
 HANG_S = 180  # a guard against a hung worker, not a speed limit
-WORKERS = 2
+WORKERS = 2  # an early committer and a late labeller (see worker)
 AUG = AugmentConfig(crop="pad", padding=2, views=1)
 
 
@@ -85,24 +85,69 @@ def barrier(sync: Path, name: str, me: int, n: int) -> None:
         time.sleep(0.01)
 
 
+def wait_for(sync: Path, name: str) -> None:
+    """Wait until some worker touched ``name`` (the same hang guard as ``barrier``)."""
+    deadline = time.monotonic() + HANG_S
+    while not (sync / name).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name}: never came")
+        time.sleep(0.01)
+
+
+PAUSE_AT = 8  # teacher calls (of 16) the late labeller makes before it waits for the other's read-back
+
+
 def worker(args_json: str) -> None:
-    """One run of teacher labelling + commit for the shared key (in a subprocess); writes its result."""
+    """One run of teacher labelling + commit for the shared key (in a subprocess); writes its result.
+
+    Worker 0 commits early, worker 1 labels late. The interleaving that lost updates under the old
+    in-place layout (shard files at fixed names, one ``manifest.json`` written last) is forced:
+
+    1. both label at once (a barrier after each one's 2nd shard, so each listed the views before the
+       other wrote more than its first shards: each labels nearly every shard itself);
+    2. worker 1 pauses mid-labelling until worker 0 has read back every shard file for its commit
+       (commit() reads them all before its first conditional create), then labels the rest: shards
+       worker 0 labelled too, in other bytes of the same size, written AFTER worker 0 took their
+       digests. (Both commits reading back after both finished labelling would read the same bytes
+       and hide the flaw.)
+    3. worker 0 creates nothing until worker 1 has committed: both listed the views with no
+       manifest, both try each view's generation 0 after both finished labelling, and worker 0
+       must lose each one, holding a body that may name other files than the winner's.
+
+    Every conditional create of the commit is recorded (name, created?, sha256 of the bytes offered)
+    and returned with the entry.
+    """
     args = json.loads(args_json)
     spec = entry_spec(DatasetManifest.open(args["dataset"]))
     cache = SoftLabelCache(args["cache"])
     sync, me, n = Path(args["sync"]), args["me"], args["n"]
-    teacher = Teacher()
+    teacher = Teacher(shift=0.5 * me)  # as two GPUs: same shapes and sizes, different bytes
+    creates: list[tuple[str, bool, str]] = []
+    real_create = cache.store.write_if_absent
+
+    def create(uri: str, data: bytes) -> bool:
+        if me == 0 and not creates:
+            (sync / "read-back-0").touch()
+            wait_for(sync, "committed-1")
+        created = real_create(uri, data)
+        creates.append((uri[len(cache.root.rstrip("/")) + 1:], created, hashlib.sha256(data).hexdigest()))
+        return created
 
     def infer(images, params):
+        if me == 1 and teacher.calls == PAUSE_AT:
+            wait_for(sync, "read-back-0")
         out = teacher(images, params)
         if teacher.calls == 2:  # every worker is mid-labelling at once, writing the same shards
             barrier(sync, "labelling", me, n)
         return out
 
     stats = cache.label_part(spec, infer)
-    barrier(sync, "commit", me, n)  # and they commit at once: a race for each manifest generation
+    cache.store.write_if_absent = create  # on the instance: commit() and commit_next() call it there
     entry, commit_stats = cache.commit(spec, extra={"teacher_uri": "t"})
-    Path(args["out"]).write_text(json.dumps({"entry": entry, "label": stats, "commit": commit_stats}))
+    if me == 1:
+        (sync / "committed-1").touch()
+    Path(args["out"]).write_text(json.dumps({"entry": entry, "label": stats, "commit": commit_stats,
+                                             "creates": creates}))
 
 
 def run_workers(dataset: DatasetManifest, cache_uri: str, tmp: Path) -> list[dict]:
@@ -127,45 +172,79 @@ def run_workers(dataset: DatasetManifest, cache_uri: str, tmp: Path) -> list[dic
     return [json.loads((tmp / f"out-{me}.json").read_text()) for me in range(WORKERS)]
 
 
-def assert_one_sound_entry(cache: SoftLabelCache, spec: EntrySpec, dataset: DatasetManifest) -> None:
-    """Exactly one entry generation and one manifest generation per view; one file per view shard,
-    named by its bytes' digest; every shard reads back and verifies."""
+def assert_one_sound_entry(cache: SoftLabelCache, spec: EntrySpec, dataset: DatasetManifest) -> dict[str, str]:
+    """One entry, and one manifest generation per view naming files whose bytes hash to the recorded
+    digests; every file in a view's folder is named by its bytes' digest (each worker may leave its
+    own copy of a shard, never a torn or overwritten one); verify passes and every shard loads with
+    its dataset shard's ids. Returns {view key: sha256 of its generation 0's bytes}."""
     store = cache.store
     assert store.list(join(cache.root, "softlabels", "v5", "entries")) == [cache.entry_uri(spec.key)]
     units = {s: len(info["shards"]) for s, info in dataset.data["splits"].items()}
+    gen0, copies = {}, 0
     for view in spec.views:
         vkey = spec.view_key(view)
         listed = [u[len(cache.view_uri(vkey)) + 1:] for u in store.list(cache.view_uri(vkey))]
+        # One generation: the loser read the winner's manifest and used it, committing none of its own.
         assert [u for u in listed if u.startswith("manifests/")] == ["manifests/00000000.json"]
+        gen0[vkey] = hashlib.sha256(store.read_bytes(join(cache.manifests_uri(vkey), "00000000.json"))).hexdigest()
         shards = [u for u in listed if not u.startswith("manifests/")]
-        assert len(shards) == sum(n for s, n in units.items() if view.covers(s))  # no second copy, no stray file
+        stems = {}
+        for name in shards:
+            stem, digest = parse_view_file(name)  # no temp file or stray name left behind
+            assert hashlib.sha256(store.read_bytes(join(cache.view_uri(vkey), name))).hexdigest()[:32] == digest
+            stems.setdefault(stem, []).append(name)
+        covered = sum(n for s, n in units.items() if view.covers(s))
+        assert len(stems) == covered and all(len(names) <= WORKERS for names in stems.values())
+        copies += len(shards) - covered
         manifest = cache.view_manifest(vkey)
         for split in manifest["splits"].values():
             for shard in split["shards"]:
                 raw = store.read_bytes(join(cache.view_uri(vkey), shard["file"]))
                 assert parse_view_file(shard["file"])[1] == shard["sha256"][:32]  # the name's digest...
                 assert len(raw) == shard["size"] and hashlib.sha256(raw).hexdigest() == shard["sha256"]  # ...the bytes
+    assert copies > 0  # the workers really put different bytes for one shard (as two GPUs would)
     assert cache.verify(spec) == []
     fresh = SoftLabelCache(cache.root)
-    for split in dataset.data["splits"]:
-        ids = dataset.load_split(split).ids
-        labels = fresh.load_split(spec.key, split, ids)
-        assert labels.values.shape[0] == len(ids)
-    ids = dataset.load_split("train").ids
-    assert fresh.load_split(spec.key, "train", ids, augmented=True).num_views == 1
+    for split, count in units.items():
+        for index in range(count):
+            ids = dataset.read_shard(split, index).ids
+            assert fresh.load_shard(spec.key, split, index, ids).values.shape[0] == len(ids)  # digest, alignment
+            if split == "train":
+                assert fresh.load_shard(spec.key, split, index, ids, augmented=True).num_views == 1
+    return gen0
 
 
 def _concurrent(dataset: DatasetManifest, cache_uri: str, tmp: Path) -> None:
+    """Two runs of one key, each with other teacher bytes, in the interleaving ``worker`` describes.
+
+    Which run creates generation 0 is forced (worker 1), not left to the store: moto's
+    ``If-None-Match: *`` is a check, then a put, in a threaded server, not atomic, so two truly
+    simultaneous creates could both "succeed" there. On the S3 variant the exclusivity of a
+    simultaneous create is therefore the protocol's safety net (each creator's manifest names only
+    read-back, content-addressed files nobody overwrites, so whichever survives is sound), not the
+    store's; the local variant's os.link is atomic. A create that follows a finished one, as here,
+    fails on both (412 PreconditionFailed, EEXIST).
+    """
     results = run_workers(dataset, cache_uri, tmp)
     spec, cache = entry_spec(dataset), SoftLabelCache(cache_uri)
     total = 10 + 6  # the plain view of 10 dataset shards, the augmented view of train's 6
     # They really overlapped: each labelled the shards it found missing, which (with the barrier
-    # after its first shard) includes shards the others were writing at the same time.
+    # after its second shard) includes shards the other was writing at the same time.
     assert all(r["label"]["shards_labelled"] >= 2 for r in results)
     assert sum(r["label"]["shards_labelled"] for r in results) > total
+    gen0 = [join("softlabels", "v5", "views", spec.view_key(v), "manifests", "00000000.json") for v in spec.views]
+    # The race was real: worker 1 created every view's generation 0 and the entry; worker 0, which
+    # had listed the views empty and read its shards back before that, then tried each generation 0
+    # and lost every one (and found the entry there: nothing to create).
+    early, late = ([(name, ok) for name, ok, _ in r["creates"]] for r in results)
+    assert late == [(name, True) for name in gen0] + [(cache.entry_uri(spec.key)[len(cache_uri) + 1:], True)]
+    assert early == [(name, False) for name in gen0]
+    assert results[0]["commit"] == {"views_computed": len(spec.views), "views_reused": 0}
     stored = json.loads(cache.store.read_bytes(cache.entry_uri(spec.key)))
     assert all(r["entry"] == stored for r in results)  # every run returns the one committed entry
-    assert_one_sound_entry(cache, spec, dataset)
+    views = assert_one_sound_entry(cache, spec, dataset)
+    # The winner's manifests are there byte for byte: the loser overwrote nothing.
+    assert [views[spec.view_key(v)] for v in spec.views] == [sha for _, _, sha in results[1]["creates"][:-1]]
 
 
 @pytest.fixture()

@@ -65,8 +65,11 @@ def drive(spec_json: str) -> None:
                 signal.pause()  # until the SIGKILL
 
     real_save, real_log_config, real_log_model = trainer._save, tracking.log_config, tracking.log_model
+    real_set_tags = tracking.set_tags
 
     def save(uri, state):
+        if not state["step"]:  # an epoch's end: its metrics are logged, its checkpoint is not written yet
+            hold("ending")
         real_save(uri, state)
         mark(f"saved {state['epoch']} {state['step']}")
         hold("mid" if state["step"] else "end")
@@ -80,7 +83,13 @@ def drive(spec_json: str) -> None:
         hold("model")
         return real_log_model(*args, **kwargs)
 
-    trainer._save, tracking.log_config, tracking.log_model = save, log_config, log_model
+    def set_tags(tags):  # the model is logged and recorded on the run; the step has not returned
+        real_set_tags(tags)
+        if tracking.Tag.MODEL_URI in tags:
+            mark("logged")
+            hold("logged")
+
+    trainer._save, tracking.log_config, tracking.log_model, tracking.set_tags = save, log_config, log_model, set_tags
     result = run_distillation(spec["dataset"], spec["ref"], spec["config"], spec["out"], spec["tracking"],
                               pipeline_run=spec["pipeline_run"])
     Path(spec["result"]).write_text(json.dumps({k: result[k] for k in ("run_id", "model_uri", "checkpoints")}))
@@ -159,10 +168,13 @@ def _spec(root: Path, name: str, text: str, attempt: int, pause: str | None = No
 def test_a_killed_step_resumes_to_the_weights_and_the_run_of_an_uninterrupted_one(prepared):
     root, text, straight = prepared
     # Killed after its MLflow run started (no checkpoint yet), after a mid-epoch checkpoint, after an
+    # epoch's metrics were logged but before its checkpoint (the retry trains that epoch again), after an
     # epoch-end checkpoint, wherever the kill lands once it has checkpointed again (it goes on training:
-    # the kill may even land after the end), and after training ended (student.pt written to a folder
-    # the retry never sees) but before the model was logged. Then a last attempt finishes.
-    kills = [("started", "paused"), ("mid", "paused"), ("end", "paused"), (None, "saved"), ("model", "paused")]
+    # the kill may even land after the end), after training ended (student.pt written to a folder
+    # the retry never sees) but before the model was logged, and after the model was logged but before
+    # the step returned. Then a last attempt finishes.
+    kills = [("started", "paused"), ("mid", "paused"), ("ending", "paused"), ("end", "paused"), (None, "saved"),
+             ("model", "paused"), ("logged", "paused")]
     events = [_attempt(_spec(root, "killed", text, i, pause), kill_on) for i, (pause, kill_on) in enumerate(kills)]
     final = _spec(root, "killed", text, len(kills))
     events.append(_attempt(final, None))
@@ -192,6 +204,16 @@ def test_a_killed_step_resumes_to_the_weights_and_the_run_of_an_uninterrupted_on
     reference_metrics = mlflow.MlflowClient(f"sqlite:///{root / 'straight' / 'mlflow.db'}").get_run(
         straight["run_id"]).data.metrics
     assert runs[0].data.metrics == pytest.approx(reference_metrics, rel=1e-12)
+    # ... and the same history: an epoch trained again after a kill is not logged twice.
+    reference_client = mlflow.MlflowClient(f"sqlite:///{root / 'straight' / 'mlflow.db'}")
+    for name in reference_metrics:
+        history = [(m.step, m.value) for m in client.get_metric_history(result["run_id"], name)]
+        expected = [(m.step, m.value) for m in reference_client.get_metric_history(straight["run_id"], name)]
+        assert [step for step, _ in sorted(history)] == [step for step, _ in sorted(expected)], name
+        assert [v for _, v in sorted(history)] == pytest.approx([v for _, v in sorted(expected)], rel=1e-12), name
+    # One logged model: the retry of a step lost after logging it reuses it.
+    models = client.search_logged_models(experiment_ids=[runs[0].info.experiment_id])
+    assert len(models) == 1 and result["model_uri"].endswith(models[0].model_id), (models, result)
     # Checkpoints at the cache's location, one per pipeline run; none in any model artifact.
     assert result["checkpoints"].startswith(str(root / "cache" / "checkpoints") + "/")
     assert (Path(result["checkpoints"]) / CHECKPOINT).exists() and result["checkpoints"] != straight["checkpoints"]

@@ -106,7 +106,9 @@ def race(tmp_path: Path, uri: str, jobs: list[tuple[str, bool, str]]) -> list[di
     results = []
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
-        results.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
+        result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+        result["_waited"] = "is held: waiting for it" in err  # kdflow.registry.lock logs its first wait
+        results.append(result)
     return results
 
 
@@ -126,6 +128,7 @@ def test_registrations_of_one_run_at_once_make_one_version(tmp_path, registry_ur
     versions = client.search_model_versions(f"name='{name}'")
     assert len(versions) == 1, [(v.version, v.run_id) for v in versions]
     assert {r["version"] for r in results} == {str(versions[0].version)}  # every worker got that one
+    assert any(r["_waited"] for r in results)  # they did contend: one held the lock while another waited
     assert versions[0].tags[Tag.RUN_ID] == run_id
     assert str(client.get_model_version_by_alias(name, "challenger").version) == str(versions[0].version)
     assert lock_name(name) not in {m.name for m in client.search_registered_models()}  # released

@@ -41,14 +41,40 @@ def files_holding(root: Path, needle: str = SECRET) -> list[str]:
      "s3://bucket/teacher.pt?X-Amz-Credential=***&X-Amz-Signature=***"),
     (f"https://host/teacher.pt?token={SECRET}#frag", "https://host/teacher.pt?token=***#***"),
     (f"postgresql://mlflow:{SECRET}@db/mlflow", "postgresql://***@db/mlflow"),
-], ids=["password", "bare-token", "presigned", "token-query", "database"])
+    # Passwords holding an unencoded "/", "#" or "?" (AWS secret keys hold "/"; SQLAlchemy takes "#"
+    # and "/"): urlsplit's netloc ends there, so the user-info is read on the raw text.
+    (f"s3://AKIAX:wJalr/{SECRET}/K7MDENG+bPxR@bucket/images/", "s3://***@bucket/images/"),
+    ("s3://AKIAX:wJalr/K7MDENG+bPxR@bucket/images/", "s3://***@bucket/images/"),
+    (f"postgresql://mlflow:p#{SECRET}@db/mlflow", "postgresql://***@db/mlflow"),
+    ("postgresql://mlflow:p#w@db/mlflow", "postgresql://***@db/mlflow"),
+    (f"https://alice:pa?{SECRET}@h", "https://***@h"),
+    ("https://alice:pa?ss@h", "https://***@h"),
+    (f"https://u:p/{SECRET}@h:8443/t.pt?access_token={SECRET}#x", "https://***@h:8443/t.pt?access_token=***#***"),
+    (f"https://h/x?sslpassword={SECRET}&sslkey=/etc/k.pem", "https://h/x?sslpassword=***&sslkey=***"),
+    (f"https://h/x?api_key={SECRET}", "https://h/x?api_key=***"),
+    (f"https://h/x?key={SECRET}", "https://h/x?key=***"),
+    (f"https://acct.blob.core.windows.net/c/t.pt?sv=2024&sig={SECRET}",
+     "https://acct.blob.core.windows.net/c/t.pt?sv=***&sig=***"),
+], ids=["password", "bare-token", "presigned", "token-query", "database", "aws-key-slash", "aws-key-slash-review",
+        "db-hash", "db-hash-review", "http-question", "http-question-review", "slash-and-query", "sslpassword",
+        "api-key", "key", "azure-sas"])
 def test_a_uri_with_credentials_is_recognised_and_shown_redacted(uri, shown):
     assert has_credentials(uri) and redact_uri(uri) == shown and SECRET not in redact_uri(uri)
     assert credential_uris(f"tracking_uri: {uri}\ncache_uri: s3://b/c\n") == [shown]
+    # In free text (a log line, an error message) the whole user-info goes: no part of the password stays.
+    assert redact_text(f"cannot reach {uri} (retrying)") == f"cannot reach {shown} (retrying)"
 
 
 @pytest.mark.parametrize("uri", ["s3://bucket/cache", "/data/images", "file:///data", "models:/teacher@champion",
-                                 "sqlite:////tmp/mlflow.db", "http://mlflow:5000"])
+                                 "sqlite:////tmp/mlflow.db", "http://mlflow:5000",
+                                 # a ":" after a "/" is in the path, not a password: an object key
+                                 "s3://bucket/dir:x/file@2x.png", "http://[::1]:5000/models",
+                                 # query keys that merely contain a secret word's letters, or name no secret
+                                 "https://h/x?design=1&keyspace=k&author=a&tokenizer=bert&monkey=1&auth_method=scram",
+                                 "postgresql://db/mlflow?sslkey=/etc/k.pem&sslmode=verify-full",
+                                 "https://h/t.pt?AWSAccessKeyId=AKIAEXAMPLE&Expires=1",
+                                 # a secret key with a blank value holds nothing to leak
+                                 "https://h/t.pt?token=&signature="])
 def test_a_uri_without_credentials_is_left_alone(uri):
     assert not has_credentials(uri) and redact_text(uri) == uri
 
@@ -99,7 +125,10 @@ def test_a_local_run_with_secrets_in_its_environment_records_none_of_them(tmp_pa
     ("--cache-uri", f"s3://bucket/cache?X-Amz-Security-Token={SECRET}"),
     ("--teacher", f"https://models.example.com/teacher.pt?token={SECRET}"),
     ("--data", f"s3://AKIAEXAMPLE:{SECRET}@bucket/images/"),
-], ids=["tracking-password", "tracking-token", "cache-presigned", "teacher-token", "data-keys"])
+    ("--data", f"s3://AKIAEXAMPLE:wJalr/{SECRET}@bucket/images/"),
+    ("--tracking-uri", f"https://alice:pa?{SECRET}@mlflow.example.com"),
+], ids=["tracking-password", "tracking-token", "cache-presigned", "teacher-token", "data-keys", "data-keys-slash",
+        "tracking-password-question"])
 def test_a_local_run_given_a_uri_with_credentials_is_refused_before_writing_anything(tmp_path, flag, uri):
     work = tmp_path / "work"
     ran = kdflow("run", flag, uri, "--workdir", str(work))
@@ -233,3 +262,123 @@ def test_a_secret_value_pasted_where_a_secret_name_goes_is_refused_without_repea
     ran = kdflow("compile", "--platform", str(platform), "-o", str(tmp_path / "pipeline.yaml"))
     assert ran.code == 2 and "secrets[0].secret" in ran.err and "kubectl create secret" in ran.err
     assert SECRET not in ran.out + ran.err and not (tmp_path / "pipeline.yaml").exists()
+
+
+def test_secrets_mapped_to_any_variable_name_are_masked(monkeypatch):
+    """A Kubernetes secret may become any variable (the platform file maps keys to names): a name that
+    says it holds a secret has its value masked too; names that only point at one are left alone."""
+    secret = {"DB_PASSWORD": "db", "CLIENT_SECRET": "client", "GITHUB_TOKEN": "gh", "STORAGE_ACCOUNT_KEY": "az",
+              "GCP_CREDENTIALS": "gcp", "minio_root_password": "minio"}
+    plain = {"AWS_ACCESS_KEY_ID": "AKIAPLAINPLAINPLAIN", "TOKENIZERS_PARALLELISM": "not-a-secret-at-all",
+             "HF_TOKEN_PATH": "/plain/hf/token/path", "PASSWORD_FILE": "/plain/run/pw.txt",
+             "KDFLOW_PLAIN": "kdflow-plain-value"}
+    for name, tag in secret.items():
+        monkeypatch.setenv(name, f"{SECRET}-{tag}")
+    for name, value in plain.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SHORT_TOKEN", "abc1234")  # under MIN_SECRET_LENGTH: an ordinary word, not masked
+    line = " ".join([*(f"{SECRET}-{tag}" for tag in secret.values()), *plain.values(), "abc1234"])
+    assert redact_text(line) == " ".join(["***"] * len(secret) + [*plain.values(), "abc1234"])
+
+
+UNCAUGHT = f"""
+import os, threading
+from kdflow.logs import setup_logging
+
+setup_logging()
+url = "http://alice:" + "{SECRET}" + "-pw@mlflow.example.com/api/2.0/mlflow/runs/get"
+
+def worker():
+    raise ConnectionError(f"API request to {{url}} failed (key {{os.environ['DB_PASSWORD']}})")
+
+t = threading.Thread(target=worker)
+t.start()
+t.join()
+raise RuntimeError(f"API request to {{url}} failed (key {{os.environ['DB_PASSWORD']}})")
+"""
+BOOM = f"""
+import sys, click
+from kdflow import cli
+
+@cli.main.command("boom")
+def boom():
+    raise RuntimeError("cannot reach http://alice:{SECRET}-pw@mlflow:5000/api with {SECRET}-db")
+
+sys.argv = ["kdflow", "boom"]
+cli.entrypoint()
+"""
+
+
+@pytest.mark.parametrize("script", [UNCAUGHT, BOOM], ids=["step", "cli"])
+def test_an_uncaught_exception_is_printed_redacted(script):
+    """A step (which calls setup_logging first) or the CLI dying of an unexpected exception whose
+    message quotes a URI with a password (as MLflow's errors quote the tracking URL) and a secret of
+    the environment: the traceback in its log names neither, and the process still fails."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DB_PASSWORD": f"{SECRET}-db"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" in done.stderr and "RuntimeError" in done.stderr
+    assert SECRET not in done.stdout + done.stderr
+    assert "http://***@mlflow" in done.stderr and "***" in done.stderr.split("RuntimeError")[-1]
+    if script is UNCAUGHT:  # a thread's uncaught exception too
+        assert "Exception in thread" in done.stderr and "ConnectionError: API request to http://***@" in done.stderr
+
+
+@pytest.mark.parametrize("variable", ["AWS_SECRET_ACCESS_KEY", "REGISTRY_PASSWORD"])
+def test_a_compiled_spec_that_would_hold_a_secret_is_refused_and_deleted(tmp_path, variable):
+    """The last line of defence of `kdflow compile`: a secret value of the environment that reaches the
+    spec anyway (here through --image-prefix, which the spec holds verbatim) refuses the compile, the
+    message does not repeat it, and the written spec is deleted."""
+    value = f"registry.example.com/{SECRET.lower()}"
+    spec = tmp_path / "pipeline.yaml"
+    ran = kdflow("compile", "--image-prefix", value, "-o", str(spec), env={variable: value})
+    assert ran.code == 2, ran.err
+    assert "the compiled pipeline would hold a secret value of this environment" in ran.err
+    assert SECRET.lower() not in ran.out + ran.err and not spec.exists()
+    control = kdflow("compile", "--image-prefix", value, "-o", str(spec))  # the same spec, without the secret
+    assert control.code == 0, control.err
+    assert SECRET.lower() in spec.read_text()
+
+
+def test_the_sweep_records_its_files_and_error_redacted(tmp_path, monkeypatch, tiny_data, tiny_config_yaml):
+    """start_sweep logs the sweep file, the plan and the labelling config to the parent run; close_sweep
+    puts the pipeline's error text into tags: with a URI token and a secret value in them, none is kept."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from kdflow.steps.preprocess import run_preprocess
+    from kdflow.steps.sweep import close_sweep, start_sweep
+    from kdflow.sweep.plan import expand
+    from kdflow.sweep.spec import SweepSpec
+    from kdflow.tracking import SweepTag
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", f"{SECRET}-aws")
+    base = {**yaml.safe_load(tiny_config_yaml), "teacher_uri": f"https://h/t.pt?token={SECRET}",
+            "data_uri": f"/data/{SECRET}-aws"}
+    plan = expand(SweepSpec.from_dict({"config": base, "parameters": {"train.seed": [0, 1]}}), Config.from_dict(base))
+    cfg_yaml = plan.labelling_config().to_yaml()
+    dataset = tmp_path / "dataset"
+    run_preprocess(str(tiny_data), cfg_yaml, str(dataset))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    started = start_sweep(str(dataset), cfg_yaml, plan.to_json(), uri, pipeline_run="p1", sweep_id="s1")
+    error = f"task distill failed: API request to http://u:{SECRET}@mlflow:5000/api failed, key {SECRET}-aws"
+    assert close_sweep("s1", uri, "FAILED", error=error, pipeline_run="p1") == [started["parent_run_id"]]
+
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(started["parent_run_id"])
+    assert parent.data.tags[SweepTag.ERROR] == "task distill failed: API request to http://***@mlflow:5000/api " \
+                                               "failed, key ***"
+    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, tracking_uri=uri,
+                                                         dst_path=str(tmp_path / "got")))
+    logged = {p.relative_to(artifacts).as_posix(): p.read_text() for p in artifacts.rglob("*") if p.is_file()}
+    assert {"sweep/spec.yaml", "sweep/plan.json", "sweep/labelling-config.yaml"} <= set(logged)
+    assert all(SECRET not in text for text in logged.values())
+    assert "token=***" in logged["sweep/spec.yaml"] and "token=***" in logged["sweep/labelling-config.yaml"]
+    assert yaml.safe_load(logged["sweep/spec.yaml"])["parameters"] == {"train.seed": [0, 1]}
+    assert SECRET.encode() not in (tmp_path / "mlflow.db").read_bytes()
+    assert (tmp_path / "mlartifacts").is_dir() and files_holding(tmp_path / "mlartifacts") == []

@@ -89,6 +89,11 @@ def _userinfo(text: str) -> tuple[str, str, str] | None:
     return lead, rest[:at], rest[at + 1:]
 
 
+def split_userinfo(uri: str) -> tuple[str, str, str] | None:
+    """(``scheme://``, user-info, the rest after its ``@``) of ``uri``, or None: ``_userinfo``'s reading."""
+    return _userinfo(uri)
+
+
 def _secret_key(key: str) -> bool:
     words = [w.lower() for w in _WORD.findall(unquote_plus(key))]
     if any(w in _SECRET_KEY_WORDS for w in words) or "".join(words) in _SECRET_KEY_WORDS | {"auth"}:
@@ -176,9 +181,12 @@ def secret_name(name: str) -> bool:
             or any(w in _SECRET_NAME_WORDS for w in words))
 
 
-def secret_values() -> list[str]:
-    """The secret values the environment holds now (read at call time), longest first."""
-    values = {value.strip() for name, value in os.environ.items() if secret_name(name)}
+def secret_values(named_only: bool = False) -> list[str]:
+    """The secret values the environment holds now (read at call time), longest first. ``named_only``:
+    only those of ``SECRET_ENV`` (what refusals check: a spec is not refused because it happens to
+    hold the value of some POSTGRES_PASSWORD=postgres; masking in logs takes every secret-looking name)."""
+    values = {value.strip() for name, value in os.environ.items()
+              if (name.upper() in SECRET_ENV if named_only else secret_name(name))}
     return sorted((v for v in values if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
 
 
@@ -209,6 +217,6 @@ def refuse_secrets_in(text: str, what: str) -> None:
     """Raise a ConfigError when ``text`` (a parameter value, a compiled spec) holds a URI with
     credentials or a secret value of the environment; the message names neither."""
     found = credential_uris(text)
-    if found or any(secret in text for secret in secret_values()):
+    if found or any(secret in text for secret in secret_values(named_only=True)):
         held = f"a URI with credentials ({found[0]})" if found else "a secret value of this environment"
         raise ConfigError(f"{what} would hold {held}, readable by anyone who can see it", CREDENTIALS_FIX)

@@ -85,7 +85,9 @@ def use_tracking(tracking_uri: str | None) -> str:
     # The argument is a pipeline parameter or flag, recorded in the spec and the run: no credentials.
     # $MLFLOW_TRACKING_URI may hold them (a cluster puts it in a Kubernetes secret); it is only read.
     refuse_credentials(tracking_uri, "the tracking_uri parameter")
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    uri = _without_credentials(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""))
+    # MLflow prints "View run ... at: <tracking URI>/#/..." to stdout when a run ends: not in pod logs.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if not uri:
         raise KdflowError("no MLflow tracking URI given",
                           "pass --tracking-uri / the tracking_uri parameter, or set MLFLOW_TRACKING_URI")
@@ -94,6 +96,26 @@ def use_tracking(tracking_uri: str | None) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # kdflow's registry is the tracking server's, whatever was set before
     return uri
+
+
+def _without_credentials(uri: str) -> str:
+    """``uri`` with user-info moved out of it, into MLFLOW_TRACKING_USERNAME/PASSWORD (when those are not
+    set already). A cluster may give $MLFLOW_TRACKING_URI with credentials from a Kubernetes secret;
+    MLflow quotes its tracking URI whole in errors and messages, so it gets a clean one, and sends the
+    credentials as HTTP basic auth from the variables, as it would have from the URI."""
+    from urllib.parse import unquote
+
+    from kdflow.redact import split_userinfo
+
+    parts = split_userinfo(uri) if uri.lower().startswith(("http://", "https://")) else None
+    if parts is None:
+        return uri
+    lead, userinfo, rest = parts
+    user, _, password = userinfo.partition(":")
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(user))
+    if password:
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(password))
+    return lead + rest
 
 
 def experiment_id(name: str, tracking_uri: str) -> str:

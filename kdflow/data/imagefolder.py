@@ -65,7 +65,8 @@ class Decoded:
 
 
 def _visible(name: str) -> bool:
-    return not name.startswith(".")
+    # Hidden folders and a volume's lost+found (a file system's own, at the root of ext4) are no class.
+    return not name.startswith(".") and name != "lost+found"
 
 
 def scan(listing: SourceListing) -> tuple[list[Candidate], list[str], list[dict]]:

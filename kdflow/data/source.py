@@ -96,7 +96,7 @@ def _list_local(root: Path) -> SourceListing:
 
     def unlistable(exc: OSError) -> None:
         rel = Path(exc.filename or root).relative_to(root).as_posix() if exc.filename else "."
-        if rel != "." and (Path(rel).name.startswith(".") or Path(rel).name == "lost+found"):
+        if rel != "." and any(part.startswith(".") or part == "lost+found" for part in Path(rel).parts):
             # Never a class (hidden) or a file system's own (ext4's root-only lost+found): report, go on.
             skipped.append({"path": _printable(rel), "reason": f"cannot list folder: {exc.strerror or exc}"})
             return

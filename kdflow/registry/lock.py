@@ -121,10 +121,11 @@ def registry_lock(client, name: str, ttl: float = TTL_S, timeout: float = TIMEOU
                           "its registry locks", "choose another registry.model_name")
     target, holder = lock_name(name), _holder_id()
     deadline = time.monotonic() + timeout
-    wait = _FIRST_WAIT_S
+    wait, said = _FIRST_WAIT_S, False
     while not _try_create(client, target, holder, name):
-        if wait == _FIRST_WAIT_S:
+        if not said:
             log.info("the registry lock of %s is held: waiting for it", name)
+            said = True
         current = _read(client, target)
         if current is not None and _age(current, time.time()) > ttl:
             stale = current.tags.get(HOLDER_TAG)

@@ -168,9 +168,9 @@ def test_an_unlistable_lost_and_found_or_hidden_folder_is_reported_not_fatal(tmp
     """ext4's root-only lost+found at a volume's root (or a hidden folder) is never a class: a pod that
     cannot list it reports it and goes on."""
     root, out = _good(tmp_path / "data"), tmp_path / "out"
-    locked = [root / "lost+found", root / "plum" / ".snapshot"]
+    locked = [root / "lost+found", root / "plum" / ".snapshot", root / "kiwi" / ".git" / "objects"]
     for folder in locked:
-        folder.mkdir()
+        folder.mkdir(parents=True)
     real = os.scandir
 
     def scandir(path="."):
@@ -182,8 +182,15 @@ def test_an_unlistable_lost_and_found_or_hidden_folder_is_reported_not_fatal(tmp
     summary = _preprocess(root, out)
     assert sum(summary["counts"].values()) == 12
     dropped = json.loads((out / "report.json").read_text())["dropped"]
-    for rel in ("lost+found", "plum/.snapshot"):
+    for rel in ("lost+found", "plum/.snapshot", "kiwi/.git/objects"):
         assert {"path": rel, "reason": "cannot list folder: Permission denied"} in dropped, dropped
+
+
+def test_a_readable_lost_and_found_is_no_class(tmp_path):
+    root, out = _good(tmp_path / "data"), tmp_path / "out"
+    (root / "lost+found").mkdir()  # as a pod running as root sees an ext4 volume's root
+    _preprocess(root, out)
+    assert DatasetManifest.open(str(out)).class_names == ["apple", "kiwi", "plum"]
 
 
 def test_the_cli_step_exits_non_zero_with_problem_and_fix(tmp_path):

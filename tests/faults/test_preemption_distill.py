@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from kdflow.config import Config
+from kdflow.errors import StorageError
 from kdflow.data.preprocess import preprocess
 from kdflow.data.shards import DatasetManifest
 from kdflow.softlabels.ref import SoftLabelRef
@@ -289,3 +290,24 @@ def test_fit_refuses_a_last_pt_of_another_run_or_schedule(tmp_path):
         train(cfg, {"pipeline_run": "p2"})
     with pytest.raises(CheckpointError, match=r"structure\.epochs \(checkpoint: 2, this run: 3\)"):
         train(dataclasses.replace(cfg, epochs=3), {"pipeline_run": "p1"})
+
+
+@pytest.mark.parametrize("failure", [StorageError("S3 timed out reading last.pt", "retry"),
+                                     PermissionError(13, "Permission denied")])
+def test_a_checkpoint_storage_cannot_read_now_is_a_storage_error_not_a_broken_checkpoint(tmp_path, monkeypatch,
+                                                                                        failure):
+    """A checkpoint kdflow cannot read because storage fails (an S3 outage, a volume's permissions) is
+    kept: the error is the storage's, never "cannot be read ... delete it", which would throw away
+    the preempted run's progress."""
+    from kdflow.storage import LocalStorage
+
+    (tmp_path / CHECKPOINT).write_bytes(b"a checkpoint")
+
+    def fail(self, uri):
+        raise failure
+
+    monkeypatch.setattr(LocalStorage, "read_bytes", fail)
+    with pytest.raises(type(failure)) as err:
+        checkpoints.read(str(tmp_path))
+    assert not isinstance(err.value, CheckpointError)
+    assert (tmp_path / CHECKPOINT).read_bytes() == b"a checkpoint"

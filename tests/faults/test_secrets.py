@@ -7,7 +7,10 @@ command's stdout and stderr, MLflow params and tags, the compiled pipeline and i
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -328,7 +331,7 @@ def test_an_uncaught_exception_is_printed_redacted(script):
         assert "Exception in thread" in done.stderr and "ConnectionError: API request to http://***@" in done.stderr
 
 
-@pytest.mark.parametrize("variable", ["AWS_SECRET_ACCESS_KEY", "REGISTRY_PASSWORD"])
+@pytest.mark.parametrize("variable", ["AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"])
 def test_a_compiled_spec_that_would_hold_a_secret_is_refused_and_deleted(tmp_path, variable):
     """The last line of defence of `kdflow compile`: a secret value of the environment that reaches the
     spec anyway (here through --image-prefix, which the spec holds verbatim) refuses the compile, the
@@ -342,6 +345,38 @@ def test_a_compiled_spec_that_would_hold_a_secret_is_refused_and_deleted(tmp_pat
     control = kdflow("compile", "--image-prefix", value, "-o", str(spec))  # the same spec, without the secret
     assert control.code == 0, control.err
     assert SECRET.lower() in spec.read_text()
+
+
+def test_a_secret_looking_variable_masks_logs_but_does_not_refuse_a_spec(tmp_path):
+    """POSTGRES_PASSWORD=postgres is masked wherever it shows in a log, but a spec that holds the word
+    is not refused for it: refusals check kdflow's own secret variables (redact.SECRET_ENV)."""
+    spec = tmp_path / "pipeline.yaml"
+    ran = kdflow("compile", "--image-prefix", "registry.example.com/postgresql-client", "-o", str(spec),
+                 env={"POSTGRES_PASSWORD": "postgresql-client"})
+    assert ran.code == 0, ran.err
+    with mock.patch.dict(os.environ, {"POSTGRES_PASSWORD": "postgresql-client"}):
+        assert redact_text("image registry.example.com/postgresql-client") == "image registry.example.com/***"
+
+
+def test_credentials_of_an_environment_tracking_uri_never_reach_mlflow_or_stdout(mlflow_server, tmp_path):
+    """On a cluster $MLFLOW_TRACKING_URI may come from a Kubernetes secret with credentials in it. kdflow
+    hands MLflow the URI without them (they go to MLFLOW_TRACKING_USERNAME/PASSWORD) and stops MLflow
+    printing "View run ... at <URI>" when a run ends: a real run against the server leaks nothing."""
+    import subprocess
+
+    uri = mlflow_server.replace("http://", f"http://kdflow-user:{SECRET}-mlflow@")
+    code = ("import mlflow; from kdflow.logs import setup_logging; from kdflow import tracking; setup_logging(); "
+            "uri = tracking.use_tracking(None); print('using', uri); "
+            "exp = tracking.experiment_id('secret-env-uri', uri); "
+            "run = mlflow.start_run(experiment_id=exp); mlflow.log_param('p', 1); mlflow.end_run(); print('ok')")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env.pop("MLFLOW_TRACKING_USERNAME", None)
+    env.pop("MLFLOW_TRACKING_PASSWORD", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "ok"
+    assert f"using {mlflow_server}" in done.stdout  # MLflow was given the URI without user-info
+    assert SECRET not in done.stdout + done.stderr
 
 
 def test_the_sweep_records_its_files_and_error_redacted(tmp_path, monkeypatch, tiny_data, tiny_config_yaml):

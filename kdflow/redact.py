@@ -28,7 +28,8 @@ _TOKEN_USER_SCHEMES = frozenset({"http", "https", "s3", "s3a", "s3n", "gs", "gcs
 # Azure SAS (sig), ``?token=``, ``?access_token=``, passwords, api keys; ``auth`` only as the whole key
 # (Firebase's ``?auth=``), not in auth_method.
 _SECRET_KEY_WORDS = frozenset({"token", "signature", "sig", "secret", "password", "passwd", "pwd", "credential",
-                               "credentials", "apikey", "accesstoken", "sessiontoken", "sslpassword"})
+                               "credentials", "apikey", "accesstoken", "sessiontoken", "sslpassword", "pass",
+                               "jwt"})
 # "key" is a secret only on its own (Google's ``?key=``) or after one of these (api_key, access-key,
 # secretKey); AWSAccessKeyId is not (an access key id is not a secret by AWS's definition).
 _KEY_QUALIFIERS = frozenset({"api", "access", "secret", "private", "subscription", "account", "sas", "auth"})
@@ -45,7 +46,7 @@ MIN_SECRET_LENGTH = 8
 # STORAGE_KEY. Names that only point at one (..._FILE, ..._PATH, ..._URL, ..._NAME, ..._ID: a path, a
 # secret's name, AWS_ACCESS_KEY_ID) are not, and neither are PWD/OLDPWD (the working directory) or
 # TOKENIZERS_PARALLELISM: TOKEN must be a word of the name.
-_SECRET_NAME_PARTS = ("PASSWORD", "PASSWD", "SECRET")
+_SECRET_NAME_PARTS = ("PASSWORD", "PASSWD", "SECRET", "CONNECTION_STRING")  # Azure's hold an AccountKey
 _SECRET_NAME_WORDS = frozenset({"TOKEN"})
 _SECRET_NAME_LAST = frozenset({"KEY", "CREDENTIALS"})
 _POINTER_NAME_LAST = frozenset({"FILE", "PATH", "DIR", "URL", "URI", "NAME", "ID", "REF"})

@@ -58,9 +58,11 @@ def files_holding(root: Path, needle: str = SECRET) -> list[str]:
     (f"https://h/x?key={SECRET}", "https://h/x?key=***"),
     (f"https://acct.blob.core.windows.net/c/t.pt?sv=2024&sig={SECRET}",
      "https://acct.blob.core.windows.net/c/t.pt?sv=***&sig=***"),
+    (f"https://h/x?user=u&pass={SECRET}", "https://h/x?user=***&pass=***"),
+    (f"https://h/x?jwt={SECRET}", "https://h/x?jwt=***"),
 ], ids=["password", "bare-token", "presigned", "token-query", "database", "aws-key-slash", "aws-key-slash-review",
         "db-hash", "db-hash-review", "http-question", "http-question-review", "slash-and-query", "sslpassword",
-        "api-key", "key", "azure-sas"])
+        "api-key", "key", "azure-sas", "pass", "jwt"])
 def test_a_uri_with_credentials_is_recognised_and_shown_redacted(uri, shown):
     assert has_credentials(uri) and redact_uri(uri) == shown and SECRET not in redact_uri(uri)
     assert credential_uris(f"tracking_uri: {uri}\ncache_uri: s3://b/c\n") == [shown]
@@ -74,6 +76,7 @@ def test_a_uri_with_credentials_is_recognised_and_shown_redacted(uri, shown):
                                  "s3://bucket/dir:x/file@2x.png", "http://[::1]:5000/models",
                                  # query keys that merely contain a secret word's letters, or name no secret
                                  "https://h/x?design=1&keyspace=k&author=a&tokenizer=bert&monkey=1&auth_method=scram",
+                                 "https://h/x?passive=1&bypass=0&compass=n",
                                  "postgresql://db/mlflow?sslkey=/etc/k.pem&sslmode=verify-full",
                                  "https://h/t.pt?AWSAccessKeyId=AKIAEXAMPLE&Expires=1",
                                  # a secret key with a blank value holds nothing to leak
@@ -271,7 +274,7 @@ def test_secrets_mapped_to_any_variable_name_are_masked(monkeypatch):
     """A Kubernetes secret may become any variable (the platform file maps keys to names): a name that
     says it holds a secret has its value masked too; names that only point at one are left alone."""
     secret = {"DB_PASSWORD": "db", "CLIENT_SECRET": "client", "GITHUB_TOKEN": "gh", "STORAGE_ACCOUNT_KEY": "az",
-              "GCP_CREDENTIALS": "gcp", "minio_root_password": "minio"}
+              "GCP_CREDENTIALS": "gcp", "minio_root_password": "minio", "AZURE_STORAGE_CONNECTION_STRING": "azure"}
     plain = {"AWS_ACCESS_KEY_ID": "AKIAPLAINPLAINPLAIN", "TOKENIZERS_PARALLELISM": "not-a-secret-at-all",
              "HF_TOKEN_PATH": "/plain/hf/token/path", "PASSWORD_FILE": "/plain/run/pw.txt",
              "KDFLOW_PLAIN": "kdflow-plain-value"}

@@ -38,6 +38,16 @@ import mlflow  # the slow imports, before the barrier
 from mlflow import MlflowClient
 from kdflow.steps.register import run_registration
 from kdflow.registry import promotion
+import logging
+
+
+class Waiting(logging.Handler):  # tells the test this worker found the lock held and waits for it
+    def emit(self, record):
+        if "is held: waiting for it" in record.getMessage():
+            Path(barrier, f"waiting-{me}").touch()
+
+
+logging.getLogger("kdflow.registry.lock").addHandler(Waiting())
 
 Path(barrier, f"ready-{me}").touch()
 deadline = time.monotonic() + 120
@@ -82,8 +92,11 @@ def registry_uri(request, tmp_path):
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def race(tmp_path: Path, uri: str, jobs: list[tuple[str, bool, str]]) -> list[dict]:
-    """Run one worker per (run id, auto_promote, config) at once; their registration results."""
+def race(tmp_path: Path, uri: str, jobs: list[tuple[str, bool, str]], hold: str = "") -> list[dict]:
+    """Run one worker per (run id, auto_promote, config) at once; their registration results.
+
+    ``hold``: a model name whose lock the test takes before the workers go, and releases only once
+    every worker has found it held and waits: then they certainly contend, whatever the scheduling."""
     barrier = tmp_path / f"barrier-{time.monotonic_ns()}"
     barrier.mkdir()
     env = {**os.environ, "PYTHONPATH": ROOT}
@@ -97,7 +110,18 @@ def race(tmp_path: Path, uri: str, jobs: list[tuple[str, bool, str]]) -> list[di
             assert not dead, dead[0].communicate()[1][-3000:]
             assert time.monotonic() < deadline, "workers did not get ready"
             time.sleep(0.05)
+        if hold:
+            client = client_of(uri)
+            client.create_registered_model(lock_name(hold), tags={HOLDER_TAG: "the test",
+                                                                  SINCE_TAG: f"{time.time():.3f}"})
         (barrier / "go").touch()  # all of them leave the barrier now
+        if hold:
+            while len(list(barrier.glob("waiting-*"))) < len(procs):
+                dead = [p for p in procs if p.poll() is not None]
+                assert not dead, dead[0].communicate()[1][-3000:]
+                assert time.monotonic() < deadline, "workers never waited for the held lock"
+                time.sleep(0.05)
+            client.delete_registered_model(lock_name(hold))  # released: now they race for it
         outputs = [p.communicate(timeout=HANG_GUARD_S) for p in procs]
     finally:
         for p in procs:
@@ -122,13 +146,13 @@ def test_registrations_of_one_run_at_once_make_one_version(tmp_path, registry_ur
     name = f"race-same-{time.monotonic_ns() % 10**8}"
     run_id = passing_run(registry_uri, "race")
     workers = 4 if registry_uri.startswith("http") else 3  # fewer on SQLite: each is an interpreter start
-    results = race(tmp_path, registry_uri, [(run_id, False, config(name))] * workers)
+    results = race(tmp_path, registry_uri, [(run_id, False, config(name))] * workers, hold=name)
 
     client = client_of(registry_uri)
     versions = client.search_model_versions(f"name='{name}'")
     assert len(versions) == 1, [(v.version, v.run_id) for v in versions]
     assert {r["version"] for r in results} == {str(versions[0].version)}  # every worker got that one
-    assert any(r["_waited"] for r in results)  # they did contend: one held the lock while another waited
+    assert all(r["_waited"] for r in results)  # they did contend: each found the lock held and waited
     assert versions[0].tags[Tag.RUN_ID] == run_id
     assert str(client.get_model_version_by_alias(name, "challenger").version) == str(versions[0].version)
     assert lock_name(name) not in {m.name for m in client.search_registered_models()}  # released

@@ -169,7 +169,6 @@ def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softla
         resident = "always" if previous["resident"] else "never"
         log.info("resuming with the %s split the checkpoint was trained on",
                  "resident" if previous["resident"] else "streamed")
-    del previous  # its tensors: fit reads the checkpoint again, on the training device
     train = make_batches(dataset, "train", cfg.train.batch_size, device, soft=soft_train,
                          augmentation=cfg.augment, resident=resident,
                          agree=lambda keep: distributed.broadcast_object(keep, ctx))
@@ -240,6 +239,7 @@ def _distill(ctx: distributed.DistContext, cfg: Config, dataset_dir: str, softla
             on_epoch=on_epoch,
             checkpoint_dir=ckpt_dir,
             checkpoint_identity=identity,
+            resume_state=previous,  # read once, above: fit checks it again and loads it onto the device
             dist=ctx,
         )
         student = student.cpu().eval()

@@ -29,7 +29,6 @@ from kdflow.storage import join
 from kdflow.training import augment, checkpoints, distributed
 from kdflow.training.batches import ArrayBatches, to_float_images
 from kdflow.training.checkpoints import CHECKPOINT, CheckpointError  # noqa: F401 (part of this module's API)
-from kdflow.training.checkpoints import resident as checkpointed_resident  # noqa: F401 (kept for callers)
 from kdflow.training.checkpoints import save as _save
 from kdflow.training.device import full_fp32
 from kdflow.training.distributed import DistContext
@@ -233,6 +232,7 @@ def fit(
     on_epoch: EpochCallback | None = None,
     checkpoint_dir: str | None = None,
     checkpoint_identity: dict[str, Any] | None = None,
+    resume_state: dict[str, Any] | None = None,
     dist: DistContext | None = None,
 ) -> dict[str, float]:
     """Train ``distiller``'s trainable parameters for ``cfg.epochs``; returns the last epoch's metrics.
@@ -242,6 +242,8 @@ def fit(
     ``checkpoint_dir``: checkpoint there, and resume from the checkpoint found there, but only when
     its identity is ``checkpoint_identity`` (what the caller knows of the run) and this call's
     schedule; any other raises ``CheckpointError``. A checkpoint of a finished run trains nothing.
+    ``resume_state``: that checkpoint, when the caller has read it already (``checkpoints.read``;
+    checked here all the same), so that a resumed run does not download it twice.
     """
     ctx = dist if dist is not None else DistContext(device=train.device)
     device = train.device
@@ -260,7 +262,8 @@ def fit(
     ckpt_uri = join(checkpoint_dir, CHECKPOINT) if checkpoint_dir else None
     identity = {"run": checkpoint_identity or {},
                 "structure": checkpoints.structure(cfg, steps, train.batch_size, ctx.world)}
-    if (state := checkpoints.read(checkpoint_dir, device)) is not None:
+    state = resume_state if resume_state is not None else checkpoints.read(checkpoint_dir, device)
+    if state is not None:
         checkpoints.check(checkpoint_dir, state, identity)
         distiller.load_checkpoint_state(strip_compiled(state["model"]))
         optimizer.load_state_dict(state["optimizer"])

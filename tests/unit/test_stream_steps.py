@@ -75,7 +75,7 @@ def test_a_resumed_distillation_keeps_the_kind_of_batches_it_started_with(labell
     """Resident and streamed batches shuffle differently: a run resumed from its checkpoint (on a
     device with more or less free memory) must keep the kind it checkpointed, or its data order."""
     from kdflow.steps import distill as step
-    from kdflow.training.trainer import checkpointed_resident
+    from kdflow.training.checkpoints import resident as checkpointed_resident
 
     root, _ = labelled
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

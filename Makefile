@@ -10,11 +10,14 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist): most tests wait on subprocesses (kfp.local tasks, servers), so two
 # share two cores well. A test file runs whole in one process (its module fixtures are built once).
+# Files start in collection order, which tests/conftest.py sets slowest tier first, not xdist's default
+# (most tests first), which would leave the long end-to-end files for last. Each session gets its own
+# base temp folder (tests/conftest.py), so several runs at once do not clean up each other's files.
 PYTEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-component test-pipeline test-e2e test-faults compile clean bench-scale bench-throughput \
+.PHONY: help install run test test-unit test-integration test-component test-pipeline test-e2e test-faults compile clean bench-scale bench-throughput \
         images image-cpu image-gpu push test-docker wheelhouse base-image docker-engine
 
 # Container images (images/README.md). Tags: the package version, under the prefix the pipeline's
@@ -54,11 +57,14 @@ install: $(STAMP) ## Create .venv and install kdflow and its test tools (only wh
 run: install ## Run the pipeline end to end locally (embedded default: scikit-learn digits, a trained teacher)
 	$(KDFLOW) run $(if $(DATA),--data "$(DATA)") $(if $(TEACHER),--teacher "$(TEACHER)") $(if $(CONFIG),--config "$(CONFIG)")
 
-test: install ## Run every test tier: unit, component (kfp.local), pipeline (spec), end-to-end, faults
+test: install ## Run every test tier: unit, integration, component (kfp.local), pipeline (spec), end-to-end, faults
 	$(PYTEST) $(PYTEST_ARGS)
 
 test-unit: install ## Unit tests only (fast)
 	$(PYTEST) tests/unit $(PYTEST_ARGS)
+
+test-integration: install ## Library code against real processes: torchrun ranks, the S3 server, fresh interpreters
+	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
 test-component: install ## Components through kfp.local
 	$(PYTEST) tests/component $(PYTEST_ARGS)
@@ -66,7 +72,7 @@ test-component: install ## Components through kfp.local
 test-pipeline: install ## Compile the pipeline and check the spec
 	$(PYTEST) tests/pipeline $(PYTEST_ARGS)
 
-test-e2e: install ## Whole pipeline against real MLflow and S3 servers on loopback
+test-e2e: install ## Whole pipeline against real MLflow and S3 servers on loopback; the benchmarks' commands
 	$(PYTEST) tests/e2e $(PYTEST_ARGS)
 
 test-faults: install ## Fault suite: killed steps, S3 behind a fault proxy, races, hostile input (docs/reliability.md)

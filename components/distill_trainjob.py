@@ -29,10 +29,12 @@ def distill_trainjob(
     The job reads the artifacts by URI (object storage); ``platform``: kdflow platform settings as YAML."""
     from collections import namedtuple
 
-    from kdflow.steps.trainjob import run_trainjob
+    from kdflow.steps.trainjob import trainjob_step
 
-    r = run_trainjob(dataset.uri, soft_labels.uri, config, model.uri, tracking_uri, image, "", namespace, kind,
-                     num_nodes, gpus_per_node, runtime, pipeline_run, platform, timeout_s,
-                     teacher_digest=teacher_digest, pipeline_run_id=pipeline_run_id)
+    r = trainjob_step(dataset_uri=dataset.uri, soft_labels_uri=soft_labels.uri, config_yaml=config, out_uri=model.uri,
+                      tracking_uri=tracking_uri, image=image, kind=kind, num_nodes=num_nodes,
+                      gpus_per_node=gpus_per_node, runtime=runtime, namespace=namespace, platform_yaml=platform,
+                      pipeline_run=pipeline_run, pipeline_run_id=pipeline_run_id, teacher_digest=teacher_digest,
+                      timeout_s=timeout_s)
     model.metadata.update({"run_id": r["run_id"], "model_uri": r["model_uri"], "job": r["job"]})
     return namedtuple("DistillOutputs", ["run_id", "model_uri"])(r["run_id"], r["model_uri"])

@@ -17,12 +17,12 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Iterator
 
-from kdflow.redact import redact_text
+from kdflow.util.redact import redact_text
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
-# kdflow's own log lines, as steps print them (kdflow.logs): "12:00:00 INFO kdflow.steps.teacher: ..."
+# kdflow's own log lines, as steps print them (kdflow.util.logs): "12:00:00 INFO kdflow.steps.teacher: ..."
 _KDFLOW = re.compile(r"^\s*\d\d:\d\d:\d\d (INFO|WARNING|ERROR) kdflow[\w.]*: ")
 FAILED_TAIL = 40  # lines of a failing step's log shown on the console
 
@@ -37,7 +37,7 @@ class StepConsole:
         self._recent: deque[str] = deque(maxlen=FAILED_TAIL)  # the current step's last lines
 
     def write(self, text: str) -> int:
-        # Whole lines only, each redacted (kdflow.redact: a URI's credentials, the environment's
+        # Whole lines only, each redacted (kdflow.util.redact: a URI's credentials, the environment's
         # secret values) before it reaches the log file or the console: a secret split over two
         # writes is still caught.
         self._partial += text

@@ -48,7 +48,7 @@ from kdflow.components.teacher_inference import teacher_inference
 from kdflow.components.teacher_part import teacher_part
 from kdflow.components.teacher_plan import teacher_plan
 from kdflow.pipelines.kubernetes import cpu_step, gpu_step
-from kdflow.platform import Platform
+from kdflow.config.platform import Platform
 
 PIPELINE_NAME = "kdflow-distill"
 # Part tasks at once. On a cluster each is a pod (a GPU one for the teacher): these bound what one run

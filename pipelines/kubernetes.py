@@ -1,11 +1,11 @@
-"""Apply ``kdflow.platform.Platform`` to the tasks of a pipeline (kfp-kubernetes and KFP's own task
+"""Apply ``kdflow.config.platform.Platform`` to the tasks of a pipeline (kfp-kubernetes and KFP's own task
 settings). kfp.local ignores all of this: it matters only in the compiled spec."""
 
 from __future__ import annotations
 
 from kfp import dsl, kubernetes
 
-from kdflow.platform import Platform, Resources
+from kdflow.config.platform import Platform, Resources
 
 SHM_VOLUME = "dshm"
 

@@ -12,7 +12,7 @@ def compile_pipeline(path: str, pipeline: str = "distill", platform_file: str | 
     settings of ``platform_file`` (None: the defaults) and images under ``image_prefix``."""
     from kfp import compiler
 
-    from kdflow.platform import Platform
+    from kdflow.config.platform import Platform
 
     platform = Platform.load(platform_file)
     if pipeline == "sweep":
@@ -35,8 +35,8 @@ def _refuse_secrets_in_spec(path: str) -> None:
     value of the compiling environment), the spec is deleted and the compile refused."""
     import os
 
-    from kdflow.errors import KdflowError
-    from kdflow.redact import refuse_secrets_in
+    from kdflow.util.errors import KdflowError
+    from kdflow.util.redact import refuse_secrets_in
 
     try:
         with open(path) as f:
@@ -89,7 +89,7 @@ def run_sweep_local(pipeline_root: str, arguments: dict[str, Any], log_file: str
     from kfp import local
 
     from kdflow.sweep.summary import find_parent
-    from kdflow.tracking import SweepTag
+    from kdflow.registry.tags import SweepTag
     from kdflow.pipelines.sweep_pipeline import LOCAL_PARALLELISM, make_sweep_pipeline
 
     arguments = {"sweep_id": f"sweep-{uuid.uuid4().hex[:12]}", **arguments}

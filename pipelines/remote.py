@@ -28,7 +28,7 @@ import kfp_server_api
 import urllib3
 import yaml
 
-from kdflow.errors import KdflowError
+from kdflow.util.errors import KdflowError
 
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
 UI_ENV = "KF_PIPELINES_UI_ENDPOINT"  # kfp.client.client.KF_PIPELINES_UI_ENDPOINT_ENV

@@ -15,7 +15,7 @@ from kdflow.components.start_sweep import start_sweep
 from kdflow.pipelines.distill_pipeline import (CLUSTER_PREPROCESS_PARTS, make_preprocess_fanout, preprocess_step,
                                                teacher_step)
 from kdflow.pipelines.kubernetes import cpu_step, gpu_step
-from kdflow.platform import Platform
+from kdflow.config.platform import Platform
 
 PIPELINE_NAME = "kdflow-sweep"
 # How many trials train at once. On a cluster each trial is a pod with its own GPU: 8 bounds what one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -51,6 +53,67 @@ def make_image_folder(root: Path, per_class: int = 20, size: int = 12) -> Path:
     return root
 
 
+def messy_folder(root: Path) -> Path:
+    """Predefined train/ and test/, duplicates within and across splits and classes, defects,
+    and near-duplicate frames (for phash grouping)."""
+    make_image_folder(root / "train", per_class=12)
+    make_image_folder(root / "test", per_class=3, size=10)
+    train, test = root / "train", root / "test"
+    (test / "apple" / "dup-of-train.png").write_bytes((train / "apple" / "000.png").read_bytes())
+    (train / "plum" / "copy.png").write_bytes((train / "plum" / "002.png").read_bytes())
+    (train / "kiwi" / "other-class.png").write_bytes((train / "apple" / "004.png").read_bytes())
+    good = jpeg_bytes(class_image(0, seed=999))
+    (train / "apple" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (train / "kiwi" / "notes.txt").write_text("not an image")
+    (train / "plum" / "empty.png").write_bytes(b"")
+    (root / "README.md").write_text("stray")
+    base = class_image(1, seed=4242, size=16).astype(np.int16)
+    for k in range(4):  # a track of near-duplicates, one frame in test/
+        frame = np.clip(base + np.random.default_rng(k).integers(-4, 5, base.shape), 0, 255).astype(np.uint8)
+        ((test if k == 0 else train) / "kiwi" / f"frame{k}.png").write_bytes(png_bytes(frame))
+    return root
+
+
+def dataset_files(out: Path) -> dict:
+    """A dataset folder's files (manifest, report, shards) by name, with their bytes."""
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+def storage_roundtrip(base: str) -> None:
+    """The storage contract every backend keeps (kdflow.storage): write, overwrite, size, list, delete."""
+    import pytest
+
+    from kdflow.storage import join, storage_for
+    from kdflow.util.errors import StorageError
+
+    store = storage_for(base)
+    a, b = join(base, "x", "a.bin"), join(base, "x", "deep", "b.bin")
+    assert not store.exists(a) and store.size(a) is None
+    store.write_bytes(a, b"alpha")
+    store.write_bytes(b, b"beta!")
+    store.write_bytes(a, b"alpha2")  # overwrite
+    assert store.read_bytes(a) == b"alpha2" and store.size(b) == 5 and store.exists(b)
+    assert store.list(join(base, "x")) == sorted([a, b])
+    assert store.list(join(base, "nothing-here")) == []
+    store.delete(a)
+    assert not store.exists(a) and store.list(join(base, "x")) == [b]
+    with pytest.raises(StorageError, match="does not exist"):
+        store.read_bytes(a)
+
+
+def creates_only_once(base: str) -> None:
+    """write_if_absent on any backend: True, this call created the object; False, one was there and
+    is left exactly as it was."""
+    from kdflow.storage import join, storage_for
+
+    store = storage_for(base)
+    uri = join(base, "d", "claim.json")
+    assert store.write_if_absent(uri, b"first") is True
+    assert store.write_if_absent(uri, b"second") is False
+    assert store.read_bytes(uri) == b"first"
+    assert store.list(base) == [uri]  # no temp file left beside it, in either outcome
+
+
 def upload_folder(folder: Path, bucket: str, prefix: str) -> str:
     """Every file below ``folder`` as objects under s3://bucket/prefix/ (through the S3 endpoint the
     environment names): data on a cluster lives in object storage. Returns that URI."""
@@ -63,22 +126,46 @@ def upload_folder(folder: Path, bucket: str, prefix: str) -> str:
     return f"s3://{bucket}/{prefix}/"
 
 
-def free_port() -> int:
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections for as long as the block runs: bound, never listening.
+    Holding the socket is what makes it certain: a port found free and then closed can be taken by
+    any other process (another test session's server) before the test connects to it."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
+
+
+def hang_guard(seconds: float) -> float:
+    """A time limit that only catches a hang, never a slow machine: ``seconds`` is generous for an idle
+    2-core machine, and grows with the load when the guard starts (other work on the machine slows every
+    process of the tests alike); KDFLOW_TEST_TIMEOUT_SCALE multiplies it further (a slow CI runner)."""
+    try:
+        load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:  # no load average on this platform
+        load = 1.0
+    return seconds * max(1.0, load) * float(os.environ.get("KDFLOW_TEST_TIMEOUT_SCALE") or 1)
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_kdflow(*args, cwd, env=None, timeout=600) -> subprocess.CompletedProcess:
+def run_kdflow(*args, cwd, env=None, timeout: float = 1800) -> subprocess.CompletedProcess:
     """The ``kdflow`` command in a subprocess, as a user runs it: no tracking URI, S3 endpoint or
-    KDFLOW_HOME inherited from the test session (unless ``env`` sets them)."""
+    KDFLOW_HOME inherited from the test session (unless ``env`` sets them). ``timeout``: the hang
+    guard's base (hang_guard scales it): ten times the slowest command here, the digits default run,
+    since the load may rise after the guard is set."""
     base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "KDFLOW_HOME")}
     return subprocess.run([sys.executable, "-c", "from kdflow.cli import entrypoint; entrypoint()", *args],
                           cwd=cwd, env={**base, **(env or {}), "PYTHONPATH": ROOT}, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=hang_guard(timeout))
+
+
+def summary_fields(stdout: str) -> dict[str, str]:
+    """The lines of ``kdflow run``'s summary, by label ("registered" -> "tiny-student version 1 @challenger")."""
+    import re
+
+    return {m.group(1): m.group(2) for m in re.finditer(r"^  (\S.*?)\s{2,}(.*)$", stdout, re.M)}
 
 
 def class_arrays(n_per_class: int = 12, size: int = 8):
@@ -108,6 +195,29 @@ def count_device_reads(monkeypatch) -> dict:
 
         monkeypatch.setattr(torch.Tensor, method, counted)
     return reads
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """A dataset preprocessed and labelled by a teacher: what teacher inference hands distillation."""
+
+    dataset: Path  # the preprocessed dataset (manifest and shards)
+    cache: Path  # the soft-label cache root that holds its entry
+    ref: Path  # the folder of the SoftLabelRef teacher inference wrote
+
+    def copy_to(self, root: Path) -> "Labelled":
+        """A private copy under ``root``, its ref naming the copied cache: for a test that writes beside
+        the cache (distillation keeps its checkpoints there) or changes it."""
+        import dataclasses
+        import shutil
+
+        from kdflow.softlabels.ref import SoftLabelRef
+
+        copy = Labelled(root / "ds", root / "cache", root / "ref")
+        shutil.copytree(self.dataset, copy.dataset)
+        shutil.copytree(self.cache, copy.cache)
+        dataclasses.replace(SoftLabelRef.load(str(self.ref)), cache_uri=str(copy.cache)).save(str(copy.ref))
+        return copy
 
 
 @dataclass

@@ -119,7 +119,7 @@ def run_step(step: str, n: int, args: list[str], log_file: Path) -> Measurement:
     wall = time.perf_counter() - start
     text = log_file.read_text()
     if proc.returncode != 0:
-        from kdflow.errors import KdflowError
+        from kdflow.util.errors import KdflowError
 
         tail = "\n".join(text.splitlines()[-20:])
         raise KdflowError(f"the {step} step failed (exit {proc.returncode}); the end of {log_file}:\n{tail}",

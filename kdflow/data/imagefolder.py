@@ -38,7 +38,7 @@ import numpy as np
 
 from kdflow.config import ResizeMode
 from kdflow.data.source import SourceListing, is_remote, read_source_bytes
-from kdflow.errors import DataError
+from kdflow.util.errors import DataError
 
 SPLITS = ("train", "val", "test")
 

@@ -15,8 +15,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdflow.digest import digest_of
-from kdflow.errors import DataError
+from kdflow.storage.digest import digest_of
+from kdflow.util.errors import DataError
 from kdflow.storage import Storage, local_path, storage_for
 
 SOURCE_FORMAT = "kdflow.source/1"

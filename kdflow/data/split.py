@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from kdflow.errors import DataError
+from kdflow.util.errors import DataError
 
 # Predefined split of a file, as an int8 code: 0 none (no split folders), 1 train/, 2 val/, 3 test/.
 SPLIT_CODES = {None: 0, "train": 1, "val": 2, "test": 3}

@@ -34,8 +34,8 @@ import numpy as np
 from kdflow.data.groups import PHASH
 from kdflow.data.source import SourceListing, is_remote
 from kdflow.data.split import SPLIT_CODES, FileTable
-from kdflow.digest import digest_of
-from kdflow.errors import CacheError, StorageError
+from kdflow.storage.digest import digest_of
+from kdflow.util.errors import CacheError, StorageError
 from kdflow.storage import join, local_path, storage_for
 
 SPOOL_FORMAT = "kdflow.spool/1"

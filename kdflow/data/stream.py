@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from kdflow.errors import ConfigError
+from kdflow.util.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

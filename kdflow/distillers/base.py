@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdflow.config.methods import Options
 from kdflow.losses import standardize
 from kdflow.models.features import FeatureTap
 from kdflow.models.loading import Frozen
@@ -48,30 +49,22 @@ class Outputs:
 class Distiller(nn.Module, ABC):
     """Base: one subclass per method, registered with ``@register_distiller``."""
 
-    method_name: ClassVar[str] = ""  # set by @register_distiller
+    # Set by @register_distiller from the method's registration in the configuration layer
+    # (kdflow.config.methods), which owns the options and the traits the config needs.
+    method_name: ClassVar[str] = ""
     description: ClassVar[str] = ""  # one line, for `kdflow methods`
+    Options: ClassVar[type[Options]] = Options
     # True when the method needs the teacher's forward pass (features, or logits of views that are
     # not cached); the trainer then loads the teacher and the batch carries no teacher_soft.
     needs_teacher_online: ClassVar[bool] = False
     uses_teacher: ClassVar[bool] = True  # False for the cross-entropy baseline
-
-    @dataclass(frozen=True)
-    class Options:
-        """Method options, typed; a subclass replaces this with its own frozen dataclass."""
-
-    # Options that mix the method's term with the cross-entropy; ``combined`` replaces them with
-    # its global weights, so it refuses them in its parts rather than ignore them.
     mixing_options: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def requires_online(cls, options: Any) -> bool:
-        """Whether these options need the teacher in the loop (``combined`` asks its parts)."""
-        return cls.needs_teacher_online
-
-    @classmethod
-    def check_run(cls, options: Any, run: Any, key: str = "distill.options") -> None:
-        """Checks of the options against the rest of the run config (``run``: a ``Config``), made
-        when the config is loaded, before anything runs; raise a ConfigError naming ``key``."""
+    def check_models(cls, options: Any, run: Any, key: str = "distill.options") -> None:
+        """Checks of the options that need the networks (``run``: a ``Config``): the distillation
+        step's pre-flight (kdflow.distillers.preflight), before the teacher or an MLflow run is touched;
+        raise a ConfigError naming ``key``. Checks without models belong to ``Options.check_run``."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, options: Any):
         super().__init__()

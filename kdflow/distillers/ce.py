@@ -12,9 +12,6 @@ from kdflow.distillers.registry import register_distiller
 
 @register_distiller("ce")
 class CrossEntropy(Distiller):
-    description = "baseline: cross-entropy with the labels, no teacher"
-    uses_teacher = False
-
     def distill_weight(self) -> float:
         return 0.0
 

@@ -7,36 +7,17 @@ probabilities within each sample (inter-class) and within each class across the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from kdflow.distillers.base import Distiller, Outputs
-from kdflow.distillers.options import non_negative, positive
 from kdflow.distillers.registry import register_distiller
 from kdflow.losses import dist_terms
 
 
 @register_distiller("dist")
 class DIST(Distiller):
-    description = "DIST: inter- and intra-class Pearson correlation with the teacher (Huang et al. 2022)"
-
-    @dataclass(frozen=True)
-    class Options:
-        # The official code's dist_t4 setting (used for CIFAR-100); its defaults are all 1.
-        beta: float = 2.0  # weight of the inter-class relation
-        gamma: float = 2.0  # weight of the intra-class relation
-        temperature: float = 4.0
-        ce_weight: float = 1.0
-
-        def __post_init__(self) -> None:
-            positive("temperature", self.temperature)
-            for name in ("beta", "gamma", "ce_weight"):
-                non_negative(name, getattr(self, name))
-
-    mixing_options = ("ce_weight",)
-
     def task_weight(self) -> float:
         return self.options.ce_weight
 

@@ -9,51 +9,17 @@ non-target distribution from the cache: exact at full k, the codec's tail model 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from kdflow.distillers.base import Distiller, Outputs
-from kdflow.distillers.options import non_negative, positive
 from kdflow.distillers.registry import register_distiller
-from kdflow.errors import ConfigError
 from kdflow.losses import dkd_terms, dkd_warmup, standardize
 
 
 @register_distiller("dkd")
 class DKD(Distiller):
-    description = "Decoupled KD: target and non-target terms weighted apart (Zhao et al. 2022)"
-
-    @dataclass(frozen=True)
-    class Options:
-        # The paper's CIFAR-100 settings (mdistiller configs/cifar100/dkd).
-        alpha: float = 1.0  # weight of TCKD
-        beta: float = 8.0  # weight of NCKD
-        temperature: float = 4.0
-        warmup_epochs: int = 20  # linear ramp of the distillation term (the paper: 20 of 240 epochs)
-        ce_weight: float = 1.0
-        logit_standardization: bool = False  # z-score the logits before the temperature (Sun et al. 2024)
-
-        def __post_init__(self) -> None:
-            positive("temperature", self.temperature)
-            for name in ("alpha", "beta", "ce_weight"):
-                non_negative(name, getattr(self, name))
-            if self.warmup_epochs < 0:
-                raise ConfigError(f"distill.options.warmup_epochs is {self.warmup_epochs}", "use 0 (off) or more")
-
-    mixing_options = ("ce_weight",)
-
-    @classmethod
-    def check_run(cls, options: Any, run: Any, key: str = "distill.options") -> None:
-        if options.warmup_epochs > run.train.epochs:
-            raise ConfigError(
-                f"{key}.warmup_epochs is {options.warmup_epochs} but train.epochs is {run.train.epochs}: "
-                "the distillation term would never reach its full weight",
-                f"use at most train.epochs warm-up epochs (the paper ramps over 20 of 240 epochs, "
-                f"about {max(1, round(run.train.epochs / 12))} of {run.train.epochs})",
-            )
-
     def task_weight(self) -> float:
         return self.options.ce_weight
 

@@ -16,7 +16,6 @@ two-stage recipe (hints first, then KD), everything trains in one stage, as in m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,20 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdflow.distillers.base import Distiller, Outputs
-from kdflow.distillers.options import non_negative
 from kdflow.distillers.registry import register_distiller
-from kdflow.errors import ConfigError, KdflowError
+from kdflow.util.errors import KdflowError
 from kdflow.losses import hint_loss
-
-
-@dataclass(frozen=True)
-class HintPair:
-    teacher: str  # teacher layer, e.g. layer2 (kdflow models --layers ARCH)
-    student: str  # student layer, e.g. layer2 or stages.1
-    weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        non_negative("pairs[].weight", self.weight)
 
 
 class Connector(nn.Module):
@@ -70,30 +58,11 @@ class Connector(nn.Module):
 
 @register_distiller("hint")
 class Hint(Distiller):
-    description = "FitNets hints: teacher layers matched to student layers, each weighted (Romero et al. 2015)"
-    needs_teacher_online = True
-
-    @dataclass(frozen=True)
-    class Options:
-        pairs: tuple[HintPair, ...] = ()  # at least one (teacher layer, student layer, weight)
-        ce_weight: float = 1.0
-
-        def __post_init__(self) -> None:
-            if not self.pairs:
-                raise ConfigError(
-                    "distill.options.pairs is empty: hint needs at least one pair of layers",
-                    "add e.g. pairs: [{teacher: layer2, student: layer2, weight: 100.0}]; "
-                    "`kdflow models --layers ARCH` lists the layer names",
-                )
-            non_negative("ce_weight", self.ce_weight)
-
-    mixing_options = ("ce_weight",)
-
     @classmethod
-    def check_run(cls, options: Any, run: Any, key: str = "distill.options") -> None:
-        """Layer names are checked against the architectures when the config is loaded, so a typo
-        fails before the teacher runs or an MLflow run starts (a teacher given as a kdflow
-        checkpoint or MLflow model names no architecture here: its layers are checked when loaded)."""
+    def check_models(cls, options: Any, run: Any, key: str = "distill.options") -> None:
+        """Layer names against the architectures, before the teacher runs or an MLflow run starts (a
+        teacher given as a kdflow checkpoint or MLflow model names no architecture here: its layers
+        are checked when it loads)."""
         from kdflow.models.features import probe_model, resolve_layer
 
         student = probe_model(run.student.arch)

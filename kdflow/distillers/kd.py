@@ -3,35 +3,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from kdflow.distillers.base import Distiller, Outputs
-from kdflow.distillers.options import fraction, positive
 from kdflow.distillers.registry import register_distiller
 from kdflow.losses import kd_loss, standardize
 
 
 @register_distiller("kd")
 class KD(Distiller):
-    description = "Hinton KD: KL to the teacher's softened outputs (Hinton et al. 2015)"
-
-    @dataclass(frozen=True)
-    class Options:
-        temperature: float = 4.0
-        alpha: float = 0.9  # weight of the distillation term; 1 - alpha weighs cross-entropy
-        # Z-score student and teacher logits per row before the temperature (Sun et al., CVPR 2024):
-        # the student matches the teacher's logit relations, not their scale.
-        logit_standardization: bool = False
-
-        def __post_init__(self) -> None:
-            positive("temperature", self.temperature)
-            fraction("alpha", self.alpha)
-
-    mixing_options = ("alpha",)
-
     def task_weight(self) -> float:
         return 1.0 - self.options.alpha
 

@@ -7,18 +7,26 @@ from typing import Any, Callable
 from torch import nn
 
 from kdflow.distillers.base import Distiller
-from kdflow.errors import ConfigError
+from kdflow.config.methods import method_spec
+from kdflow.util.errors import ConfigError
 
 _DISTILLERS: dict[str, type[Distiller]] = {}
 
 
 def register_distiller(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
+    """Class decorator: ``cls`` implements the method ``name`` registered in kdflow.config.methods,
+    whose options type, description and traits it takes from there (one place for each)."""
+
     def wrap(cls: type[Distiller]) -> type[Distiller]:
         if name in _DISTILLERS:
             raise ValueError(f"distiller '{name}' is registered twice")
-        if not cls.description:
-            raise ValueError(f"distiller '{name}' has no one-line description")
+        spec = method_spec(name)  # a distiller without options in the configuration layer is a bug
         cls.method_name = name
+        cls.description = spec.description
+        cls.Options = spec.options
+        cls.uses_teacher = spec.uses_teacher
+        cls.needs_teacher_online = spec.needs_teacher_online
+        cls.mixing_options = spec.mixing_options
         _DISTILLERS[name] = cls
         return cls
 

@@ -30,10 +30,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from kdflow.cpus import available_cpus
+from kdflow.util.cpus import available_cpus
 from torch import nn
 
-from kdflow.errors import KdflowError
+from kdflow.util.errors import KdflowError
 
 # The fixed seed of the measurement input: the same pixels for both models and across runs.
 INPUT_SEED = 0

@@ -88,7 +88,7 @@ def privacy_section(member_logits: torch.Tensor, member_labels: torch.Tensor, no
 
 def export_section(student: torch.nn.Module, images: torch.Tensor, out_dir: Path, ev: EvaluateConfig) -> list[dict]:
     """images: float [N, C, H, W] in [0, 1], real test images the exports are checked on."""
-    from kdflow.export import export_model
+    from kdflow.evaluation.export import export_model
 
     if not ev.export:
         return []
@@ -96,7 +96,7 @@ def export_section(student: torch.nn.Module, images: torch.Tensor, out_dir: Path
 
 
 def gate_inputs(report: dict) -> dict:
-    """The measurements the gate's absolute checks read (kdflow.gate.absolute_checks)."""
+    """The measurements the gate's absolute checks read (kdflow.evaluation.gate.absolute_checks)."""
     acc = report["accuracy"]
     m = {"student_top1": acc["student_top1"]["value"], "teacher_top1": acc["teacher_top1"]["value"],
          "agreement": acc["agreement"]["value"], "num_classes": len(acc["per_class"])}

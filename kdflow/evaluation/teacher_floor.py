@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdflow.errors import KdflowError
+from kdflow.util.errors import KdflowError
 
 
 def teacher_floor_error(pred: np.ndarray, labels: np.ndarray, class_names: list[str],

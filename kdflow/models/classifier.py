@@ -12,6 +12,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
+# MLflow model metadata saying the model takes float [B, C, H, W] pixels in [0, 1] and normalises itself,
+# so a kdflow model used as a teacher is not normalised twice.
+INPUT_METADATA_KEY = "kdflow.input"
+INPUT_PIXELS_01 = "rgb_pixels_0_1"
+
 
 class Classifier(nn.Module):
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]):

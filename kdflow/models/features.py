@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from kdflow.errors import ConfigError, KdflowError
+from kdflow.util.errors import ConfigError, KdflowError
 from kdflow.models.classifier import Classifier
 from kdflow.models.loading import Frozen
 

@@ -16,6 +16,7 @@ running it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import zipfile
@@ -25,8 +26,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from kdflow.digest import digest_of, sha256_bytes
-from kdflow.errors import ConfigError, KdflowError
+from kdflow.storage.digest import digest_of, sha256_bytes
+from kdflow.util.errors import ConfigError, KdflowError
 from kdflow.models.classifier import Classifier
 from kdflow.models.registry import create_model
 from kdflow.storage import storage_for
@@ -107,6 +108,8 @@ class TeacherSource:
     std: Sequence[float] | None = None
     # teacher.trust_pickle: load a checkpoint weights_only refuses with full pickle (runs its code).
     trust_pickle: bool = False
+    # The MLflow server a models:/ or runs:/ teacher is read from (``reach``); None: MLflow's default.
+    tracking_uri: str | None = None
 
     @classmethod
     def of(cls, uri: str, teacher_cfg) -> "TeacherSource":
@@ -117,6 +120,7 @@ class TeacherSource:
     def __post_init__(self) -> None:
         self._bytes: bytes | None = None
         self._mlflow_model: nn.Module | None = None
+        self._mlflow_metadata: dict = {}
         self._ckpt: object | None = None
         self._kind: str | None = None
         self._self_normalising: bool | None = None
@@ -126,13 +130,16 @@ class TeacherSource:
         return self.uri.startswith(("models:/", "runs:/"))
 
     def reach(self, tracking_uri: str | None) -> "TeacherSource":
-        """Point MLflow at ``tracking_uri`` (or $MLFLOW_TRACKING_URI) when this teacher is read through
-        the tracking server (models:/, runs:/); a file or s3:// teacher needs none. Returns self."""
-        if self.is_mlflow:
-            from kdflow import tracking
+        """This teacher, read through ``tracking_uri`` (or $MLFLOW_TRACKING_URI, checked: see
+        ``kdflow.registry.tracking.resolve_tracking``) when it lives on the tracking server (models:/,
+        runs:/): a copy that names that server in every MLflow call it makes, leaving MLflow's
+        process-wide tracking and registry URIs as they are. A file or s3:// teacher needs no server:
+        returned as it is."""
+        if not self.is_mlflow:
+            return self
+        from kdflow.registry.tracking import resolve_tracking
 
-            tracking.use_tracking(tracking_uri)
-        return self
+        return dataclasses.replace(self, tracking_uri=resolve_tracking(tracking_uri))
 
     def _data(self) -> bytes:
         if self._bytes is None:
@@ -140,14 +147,25 @@ class TeacherSource:
         return self._bytes
 
     def _load_mlflow(self) -> nn.Module:
+        """The MLflow model (and its metadata), downloaded once from ``tracking_uri``'s server."""
         if self._mlflow_model is None:
+            import tempfile
+
+            import mlflow.artifacts
             import mlflow.pytorch
+            from mlflow.models import Model
 
             try:
-                self._mlflow_model = mlflow.pytorch.load_model(self.uri, map_location="cpu")
+                with tempfile.TemporaryDirectory(prefix="kdflow-teacher-") as tmp:
+                    local = mlflow.artifacts.download_artifacts(artifact_uri=self.uri, dst_path=tmp,
+                                                               tracking_uri=self.tracking_uri,
+                                                               registry_uri=self.tracking_uri)
+                    model = mlflow.pytorch.load_model(local, map_location="cpu")
+                    self._mlflow_metadata = Model.load(local).metadata or {}
             except Exception as exc:  # MLflow raises several types for a bad URI
                 raise KdflowError(f"cannot load teacher {self.uri} from MLflow: {exc}",
                                   "check the model name, version or alias, and the tracking URI") from exc
+            self._mlflow_model = model
         return self._mlflow_model
 
     def kind(self) -> str:
@@ -216,12 +234,10 @@ class TeacherSource:
         })
 
     def _mlflow_normalises_itself(self) -> bool:
-        from mlflow.models import get_model_info
+        from kdflow.models.classifier import INPUT_METADATA_KEY, INPUT_PIXELS_01
 
-        from kdflow.tracking import INPUT_METADATA_KEY, INPUT_PIXELS_01
-
-        metadata = get_model_info(self.uri).metadata or {}
-        return metadata.get(INPUT_METADATA_KEY) == INPUT_PIXELS_01
+        self._load_mlflow()  # reads the metadata with the model
+        return self._mlflow_metadata.get(INPUT_METADATA_KEY) == INPUT_PIXELS_01
 
     def load(self, default_mean: Sequence[float], default_std: Sequence[float]) -> "Frozen":
         """The teacher as a frozen module taking [0, 1] pixels [B, C, H, W]: eval mode, no grads."""

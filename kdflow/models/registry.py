@@ -11,7 +11,7 @@ from typing import Callable
 
 from torch import nn
 
-from kdflow.errors import ConfigError
+from kdflow.util.errors import ConfigError
 
 ModelFn = Callable[..., nn.Module]
 _MODELS: dict[str, ModelFn] = {}

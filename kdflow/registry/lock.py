@@ -25,7 +25,7 @@ import time
 import uuid
 from typing import Iterator
 
-from kdflow.errors import KdflowError
+from kdflow.util.errors import KdflowError
 
 log = logging.getLogger(__name__)
 

@@ -46,12 +46,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdflow.config import Config
-from kdflow.errors import ConfigError, KdflowError
-from kdflow.gate import CHAMPION_CHECK, Check, champion_check, stricter
+from kdflow.util.errors import ConfigError, KdflowError
+from kdflow.evaluation.gate import CHAMPION_CHECK, Check, champion_check, stricter
 from kdflow.registry import history
 from kdflow.registry.lock import registry_lock
-from kdflow.steps.champion import CHAMPION, by_alias
-from kdflow.tracking import Tag
+from kdflow.registry.aliases import CHAMPION, by_alias
+from kdflow.registry.tags import Tag
 
 CONFIG_ARTIFACT = "config.yaml"  # the resolved run config every distill run logs (tracking.log_config)
 
@@ -77,11 +77,11 @@ class PromotionResult:
 
 def connect(tracking_uri: str | None):
     """An MlflowClient on ``tracking_uri`` (None: $MLFLOW_TRACKING_URI) for both tracking and registry.
-    A given URI with credentials is refused (kdflow.redact): they belong in the environment."""
+    A given URI with credentials is refused (kdflow.util.redact): they belong in the environment."""
     from mlflow import MlflowClient
 
-    from kdflow.redact import refuse_credentials
-    from kdflow.tracking import use_tracking
+    from kdflow.util.redact import refuse_credentials
+    from kdflow.registry.tracking import use_tracking
 
     refuse_credentials(tracking_uri, "tracking_uri")
 
@@ -98,7 +98,7 @@ def registered_model(client, name: str):
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-    from kdflow.redact import redact_uri  # a URI in an error message must not repeat a password
+    from kdflow.util.redact import redact_uri  # a URI in an error message must not repeat a password
 
     raise KdflowError(f"there is no registered model {name!r} in the MLflow registry at "
                       f"{redact_uri(client.tracking_uri)}",

@@ -12,7 +12,7 @@ import datetime as dt
 import re
 
 from kdflow.registry.promotion import VersionTag, connect, registered_model
-from kdflow.tracking import Tag
+from kdflow.registry.tags import Tag
 
 # Run metrics shown, by row key (names as the evaluation step logs them).
 METRICS = {

@@ -51,19 +51,18 @@ import json
 import logging
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from kdflow import __version__
 from kdflow.data.shards import DatasetManifest
-from kdflow.digest import digest_of
-from kdflow.errors import CacheError
-from kdflow.progress import Progress
-from kdflow.softlabels.commit import (ViewState, children, commit_next, entry_ok, latest, manifest_problem,
-                                     read_manifest)
-from kdflow.softlabels.labeller import Infer, ShardCheck, ShardWriter, ValidFile, ids_digest, read_valid, runs
+from kdflow.storage.digest import digest_of
+from kdflow.util.errors import CacheError
+from kdflow.util.progress import Progress
+from kdflow.softlabels.commit import ViewState, children, commit_next, latest, read_manifest
+from kdflow.softlabels.labeller import Infer, ShardCheck, ViewShardWriter, ids_digest, read_valid, runs
 from kdflow.softlabels.labels import SoftLabels, SoftRows
+from kdflow.softlabels.manifest import (FORMAT, CacheEntry, ViewManifest, ViewRef, ViewShard, ViewSplit, as_stored,
+                                        complete_view)
 from kdflow.softlabels.reading import CODEC, CacheReading
 from kdflow.softlabels.shardfile import parse_view_file, shard_stem
 from kdflow.softlabels.views import IDENTITY, View
@@ -71,11 +70,11 @@ from kdflow.storage import join, storage_for
 
 log = logging.getLogger(__name__)
 
-FORMAT = "kdflow.softlabels/5"
 LAYOUT = "v5"
 MANIFESTS = "manifests"
 
-__all__ = ["CODEC", "FORMAT", "EntrySpec", "Infer", "SoftLabelCache", "SoftLabels", "SoftRows"]
+__all__ = ["CODEC", "FORMAT", "CacheEntry", "EntrySpec", "Infer", "SoftLabelCache", "SoftLabels", "SoftRows",
+           "ViewManifest"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ class EntrySpec:
 
     def _base(self) -> dict:
         return {"format": FORMAT, "teacher": self.teacher_digest, "dataset": self.dataset.fingerprint,
-                "preprocessing": self.dataset.data["spec"], "top_k": self.top_k}
+                "preprocessing": self.dataset.spec.to_dict(), "top_k": self.top_k}
 
     @property
     def key(self) -> str:
@@ -100,7 +99,7 @@ class EntrySpec:
 
     def units(self) -> list[tuple[str, int]]:
         """Every (split, dataset shard index), in manifest order: what a fan-out divides."""
-        return [(split, i) for split, info in self.dataset.data["splits"].items() for i in range(len(info["shards"]))]
+        return self.dataset.units()
 
     def part_units(self, part: int, parts: int) -> list[tuple[str, int]]:
         """The part-th of ``parts`` contiguous, near-equal ranges of ``units()``."""
@@ -116,8 +115,8 @@ class SoftLabelCache(CacheReading):
         self.store = storage_for(root)
         # Entries and view manifests verified by lookup: a step reads several splits of one entry,
         # and verifying costs a listing per view.
-        self._verified: dict[str, dict[str, Any]] = {}
-        self._verified_views: dict[str, dict[str, Any]] = {}
+        self._verified: dict[str, CacheEntry] = {}
+        self._verified_views: dict[str, ViewManifest] = {}
 
     def entry_uri(self, key: str) -> str:
         return join(self.root, "softlabels", LAYOUT, "entries", f"{key}.json")
@@ -141,40 +140,40 @@ class SoftLabelCache(CacheReading):
         files = self._files(view_key, listing)
         rejected: list[str] = []
 
-        def complete(manifest: dict[str, Any]) -> bool:
-            problem = manifest_problem(manifest, files)
+        def complete(raw: dict) -> ViewManifest | None:
+            manifest, problem = complete_view(raw, files)
             if problem is not None:
                 log.warning("soft-label view %s: a manifest does not verify (%s); not used", view_key[:12], problem)
                 rejected.append(problem)
-            return problem is None
+            return manifest
 
         top, manifest = latest(self.store, listing, self.manifests_uri(view_key), FORMAT, view_key, complete)
         return ViewState(files, top, manifest, rejected)
 
-    def view_manifest(self, view_key: str) -> dict[str, Any] | None:
+    def view_manifest(self, view_key: str) -> ViewManifest | None:
         """The newest manifest of a view that is complete (every file it names present, with its
         recorded size and digest in its name), or None."""
         return self._view_state(view_key).manifest
 
-    def lookup(self, key: str) -> dict[str, Any] | None:
+    def lookup(self, key: str) -> CacheEntry | None:
         """The entry when it is complete (every view's manifest complete), or None. Cheap: it lists
         and reads manifests, not shards (``verify`` reads them; readers check each shard they read)."""
         entry = self._read_entry(key)
         if entry is None:
             return None
         manifests = {}
-        for view in entry["views"]:
-            manifests[view["key"]] = self.view_manifest(view["key"])
-            if manifests[view["key"]] is None:
+        for view in entry.views:
+            manifests[view.key] = self.view_manifest(view.key)
+            if manifests[view.key] is None:
                 return None
         self._verified_views.update(manifests)
         return entry
 
-    def _read_entry(self, key: str) -> dict[str, Any] | None:
+    def _read_entry(self, key: str) -> CacheEntry | None:
         if not self.store.exists(self.entry_uri(key)):
             return None
-        entry = read_manifest(self.store, self.entry_uri(key), FORMAT, key)
-        return entry if entry is not None and entry_ok(entry) else None
+        raw = read_manifest(self.store, self.entry_uri(key), FORMAT, key)
+        return CacheEntry.parse(raw) if raw is not None else None
 
     def committed(self, key: str) -> bool:
         """Whether an entry of ``key`` was ever committed (complete now or not)."""
@@ -193,28 +192,26 @@ class SoftLabelCache(CacheReading):
             for split, index in spec.units():
                 if not view.covers(split):
                     continue
-                try:
-                    shard = state.manifest["splits"][split]["shards"][index]
-                except (KeyError, IndexError):
+                shard = state.manifest.shard(split, index)
+                if shard is None:
                     problems.append(f"view {vkey[:12]}: no shard {index} of '{split}'")
                     continue
-                found = read_valid(self.store, self.view_uri(vkey), shard["file"],
-                                   self._check(spec, split, index, view))
-                if found is None or found.record() != shard:
-                    problems.append(f"view {vkey[:12]}: shard {shard['file']} is corrupt or not of its dataset shard")
+                found = read_valid(self.store, self.view_uri(vkey), shard.file, self._check(spec, split, index, view))
+                if found != shard:
+                    problems.append(f"view {vkey[:12]}: shard {shard.file} is corrupt or not of its dataset shard")
         return problems
 
     # --- writing ---------------------------------------------------------------------------------
 
     def _check(self, spec: EntrySpec, split: str, index: int, view: View) -> ShardCheck:
-        shard = spec.dataset.data["splits"][split]["shards"][index]
-        return ShardCheck(shard["sha256"], int(shard["count"]), not view.is_identity)
+        shard = spec.dataset.shards(split)[index]
+        return ShardCheck(shard.sha256, shard.count, not view.is_identity)
 
     def _valid(self, spec: EntrySpec, vkey: str, view: View, state: ViewState, split: str,
-               index: int) -> ValidFile | None:
+               index: int) -> ViewShard | None:
         """A valid file of one view shard: the one the current manifest names first, then any other
         (another run's, or this shard relabelled); None when there is none."""
-        stem = shard_stem(spec.dataset.data["splits"][split]["shards"][index]["file"])
+        stem = shard_stem(spec.dataset.shards(split)[index].file)
         names = state.by_stem.get(stem, [])
         named = state.named(split, index)
         check = self._check(spec, split, index, view)
@@ -258,9 +255,9 @@ class SoftLabelCache(CacheReading):
         """
         dataset, size = spec.dataset, spec.dataset.image_size
         todo, kept = self._todo(spec, spec.part_units(part, parts))
-        rows = sum(dataset.data["splits"][s]["shards"][i]["count"] * len(v) for (s, i), v in todo.items())
+        rows = sum(dataset.shards(s)[i].count * len(v) for (s, i), v in todo.items())
         bar = Progress(rows, f"teacher labels (part {part + 1}/{parts})", unit="img")
-        writer = ShardWriter(self.store, dataset.num_classes)
+        writer = ViewShardWriter(self.store, dataset.num_classes)
         try:
             for split, indices in runs(todo):
                 params: dict[str, np.ndarray | None] = {}  # each view's params for the split, made once
@@ -268,16 +265,15 @@ class SoftLabelCache(CacheReading):
                 # closing(): a failed part stops the read-ahead thread now, not when the traceback goes.
                 with closing(dataset.iter_shards(split, order=indices)) as shards:
                     for index, arrays in zip(indices, shards):
-                        shard, start = dataset.data["splits"][split]["shards"][index], int(starts[index])
+                        shard, start = dataset.shards(split)[index], int(starts[index])
                         ids_sha = ids_digest(arrays.ids)
                         for vkey, view in todo[(split, index)]:
                             if vkey not in params:
                                 params[vkey] = view.params(split, dataset.count(split), size, size)
-                            p = None if params[vkey] is None else params[vkey][start:start + shard["count"]]
+                            p = None if params[vkey] is None else params[vkey][start:start + shard.count]
                             out = infer(arrays.images, p)
-                            writer.put(self.view_uri(vkey), shard_stem(shard["file"]), out, p, shard["sha256"],
-                                       ids_sha)
-                            bar.advance(shard["count"])
+                            writer.put(self.view_uri(vkey), shard_stem(shard.file), out, p, shard.sha256, ids_sha)
+                            bar.advance(shard.count)
         except BaseException:
             writer.close(raise_error=False)  # writes what was labelled, also on failure: a rerun keeps it
             raise
@@ -290,86 +286,86 @@ class SoftLabelCache(CacheReading):
                  "concurrent run wrote)", part + 1, parts, stats["shards_labelled"], kept)
         return stats
 
-    def commit(self, spec: EntrySpec, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    def commit(self, spec: EntrySpec, teacher_digest: str | None = None,
+               teacher_uri: str | None = None) -> tuple[CacheEntry, dict[str, int]]:
         """Read back every shard of every view, commit each view's manifest, then the entry (last).
 
         A view whose newest manifest already names exactly the valid files is reused as it is;
         otherwise its next manifest generation is committed (or a concurrent run's is used, see
         commit.py). Raises CacheError naming the missing or invalid shards when a part has not
-        finished: a partial fan-out is never committed, and nothing is written. Returns (entry,
-        {"views_computed": views given a new manifest, "views_reused": the others}).
+        finished: a partial fan-out is never committed, and nothing is written. ``teacher_digest``
+        and ``teacher_uri`` are recorded in the entry when given. Returns (entry, {"views_computed":
+        views given a new manifest, "views_reused": the others}).
         """
         keyed = [(spec.view_key(view), view) for view in spec.views]
-        dataset = spec.dataset
-        states, bodies, missing = {}, {}, []
+        states, manifests, missing = {}, {}, []
         for vkey, view in keyed:
-            state = states[vkey] = self._view_state(vkey)
-            splits: dict[str, dict] = {}
-            for split, info in dataset.data["splits"].items():
-                if not view.covers(split):
-                    continue
-                shards = []
-                for index, dshard in enumerate(info["shards"]):
-                    found = self._valid(spec, vkey, view, state, split, index)
-                    if found is None:
-                        missing.append(f"{vkey[:12]}/{shard_stem(dshard['file'])}")
-                    else:
-                        shards.append(found.record())
-                splits[split] = {"count": info["count"], "shards": shards}
-            bodies[vkey] = {"format": FORMAT, "key": vkey, "kdflow_version": __version__, "spec": view.spec,
-                            "teacher_digest": spec.teacher_digest, "num_classes": dataset.num_classes,
-                            "top_k": spec.top_k, "splits": splits}
+            states[vkey] = self._view_state(vkey)
+            manifests[vkey] = self._verified_manifest(spec, vkey, view, states[vkey], missing)
         if missing:
             shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
             raise CacheError(f"soft-label cache entry {spec.key[:12]} is not complete: {len(missing)} view shard(s) "
                              f"missing or invalid ({shown})",
                              "re-run teacher inference: the failed parts label only the missing shards")
         computed = 0
-        for vkey, body in bodies.items():
-            body = json.loads(json.dumps(body))  # as stored: tuples are lists
-            if states[vkey].manifest is not None and states[vkey].manifest["splits"] == body["splits"]:
+        for vkey, manifest in manifests.items():
+            if states[vkey].manifest is not None and states[vkey].manifest.splits == manifest.splits:
                 continue  # its newest manifest names exactly these verified files
-            commit_next(self.store, self.manifests_uri(vkey), states[vkey].top, body,
-                        lambda m, k=vkey: manifest_problem(m, self._files(k)) is None,
+            commit_next(self.store, self.manifests_uri(vkey), states[vkey].top, manifest.to_dict(),
+                        lambda m, k=vkey: complete_view(m, self._files(k))[0] is not None,
                         f"soft-label view {vkey[:12]}")
             computed += 1
-        entry = json.loads(json.dumps({
-            "format": FORMAT,
-            "key": spec.key,
-            "kdflow_version": __version__,
-            "dataset_fingerprint": dataset.fingerprint,
-            "num_classes": dataset.num_classes,
-            "top_k": spec.top_k,
-            "views": [{"key": vkey, "spec": view.spec} for vkey, view in keyed],
-            **extra,
-        }))
+        entry = CacheEntry(key=spec.key, dataset_fingerprint=spec.dataset.fingerprint,
+                           num_classes=spec.dataset.num_classes, top_k=spec.top_k,
+                           views=tuple(ViewRef(vkey, as_stored(view.spec)) for vkey, view in keyed),
+                           teacher_digest=teacher_digest, teacher_uri=teacher_uri)
         return self._commit_entry(entry), {"views_computed": computed, "views_reused": len(keyed) - computed}
 
-    def _commit_entry(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """The entry committed for ``entry["key"]``: the one already there (or a concurrent run's, first
+    def _verified_manifest(self, spec: EntrySpec, vkey: str, view: View, state: ViewState,
+                           missing: list[str]) -> ViewManifest:
+        """The manifest of the valid files of one view, every shard read back; the shards that have no
+        valid file are added to ``missing`` (and left out)."""
+        splits: dict[str, ViewSplit] = {}
+        for split, info in spec.dataset.splits.items():
+            if not view.covers(split):
+                continue
+            shards = []
+            for index, dshard in enumerate(info.shards):
+                found = self._valid(spec, vkey, view, state, split, index)
+                if found is None:
+                    missing.append(f"{vkey[:12]}/{shard_stem(dshard.file)}")
+                else:
+                    shards.append(found)
+            splits[split] = ViewSplit(info.count, tuple(shards))
+        return ViewManifest(key=vkey, spec=as_stored(view.spec), teacher_digest=spec.teacher_digest,
+                            num_classes=spec.dataset.num_classes, top_k=spec.top_k, splits=splits)
+
+    def _commit_entry(self, entry: CacheEntry) -> CacheEntry:
+        """The entry committed for ``entry.key``: the one already there (or a concurrent run's, first
         created by a conditional write), else ``entry``. Every sound entry of a key names the same
         views (the key digests them), so which one wins does not matter, and one that does not
         read (damaged) is replaced without misleading any reader."""
-        uri = self.entry_uri(entry["key"])
+        uri = self.entry_uri(entry.key)
 
-        def sound(e: dict[str, Any] | None) -> bool:
-            return e is not None and e["views"] == entry["views"]
+        def sound(e: CacheEntry | None) -> bool:
+            return e is not None and e.views == entry.views
 
-        current = self._read_entry(entry["key"])
+        current = self._read_entry(entry.key)
         if sound(current):
             return current
-        data = json.dumps(entry, indent=2).encode()
+        data = json.dumps(entry.to_dict(), indent=2).encode()
         if self.store.write_if_absent(uri, data):
             return entry
-        current = self._read_entry(entry["key"])
+        current = self._read_entry(entry.key)
         if sound(current):
             return current
         log.warning("soft-label entry %s does not read or names other views; replacing it", uri)
         self.store.write_bytes(uri, data)
         return entry
 
-    def write(self, spec: EntrySpec, infer: Infer, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    def write(self, spec: EntrySpec, infer: Infer, teacher_digest: str | None = None,
+              teacher_uri: str | None = None) -> tuple[CacheEntry, dict[str, int]]:
         """Label every view shard that has no valid file yet, then commit the entry: one task's
         fan-out (every part, then ``commit``)."""
         self.label_part(spec, infer, 0, 1)
-        return self.commit(spec, extra)
+        return self.commit(spec, teacher_digest, teacher_uri)

@@ -82,7 +82,7 @@ import math
 import numpy as np
 import torch
 
-from kdflow.errors import KdflowError
+from kdflow.util.errors import KdflowError
 
 
 def compress(logits: torch.Tensor, k: int) -> dict[str, np.ndarray]:

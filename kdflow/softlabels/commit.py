@@ -40,16 +40,18 @@ import json
 import logging
 import re
 from pathlib import PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
-from kdflow.errors import CacheError
-from kdflow.softlabels.shardfile import NAME_DIGEST, parse_view_file
+from kdflow.util.errors import CacheError
+from kdflow.softlabels.manifest import ViewManifest
+from kdflow.softlabels.shardfile import parse_view_file
 from kdflow.storage import ObjectInfo, Storage, join
 
 log = logging.getLogger(__name__)
 
 _GENERATION = re.compile(r"^(\d{8})\.json$")
 ATTEMPTS = 16  # generations a committer tries before giving up: each lost one was won by a valid manifest
+T = TypeVar("T")
 
 
 def _normal(uri: str) -> str:
@@ -91,13 +93,15 @@ def read_manifest(store: Storage, uri: str, fmt: str, key: str) -> dict[str, Any
 
 
 def latest(store: Storage, listing: list[ObjectInfo], prefix: str, fmt: str, key: str,
-           accept: Callable[[dict[str, Any]], bool]) -> tuple[int, dict[str, Any] | None]:
-    """(the highest generation present, -1 when none; the newest manifest that reads and is accepted,
-    or None). Older generations stand in for a newer one that does not verify."""
+           accept: Callable[[dict[str, Any]], T | None]) -> tuple[int, T | None]:
+    """(the highest generation present, -1 when none; the newest manifest that reads and that ``accept``
+    parses and accepts, as ``accept`` returns it, or None). Older generations stand in for a newer one
+    that does not verify."""
     gens = generations(listing, prefix)
     for gen in sorted(gens, reverse=True):
-        manifest = read_manifest(store, gens[gen], fmt, key)
-        if manifest is not None and accept(manifest):
+        raw = read_manifest(store, gens[gen], fmt, key)
+        manifest = accept(raw) if raw is not None else None
+        if manifest is not None:
             return max(gens), manifest
     return max(gens, default=-1), None
 
@@ -124,35 +128,10 @@ def commit_next(store: Storage, prefix: str, after: int, body: dict[str, Any],
                      f"check what writes to {prefix}; deleting that folder makes the next run relabel it")
 
 
-def manifest_problem(manifest: dict[str, Any], files: dict[str, int]) -> str | None:
-    """Why a view manifest is not complete given the folder's files ({name: size}), or None."""
-    try:
-        for split in manifest["splits"].values():
-            int(split["count"])
-            for shard in split["shards"]:
-                int(shard["count"]), str(shard["ids_sha256"])  # what readers use: present
-                parsed = parse_view_file(shard["file"])  # a plain name: never a path out of the folder
-                if parsed is None or parsed[1] != str(shard["sha256"])[:NAME_DIGEST]:
-                    return f"shard {shard['file']} is not named by its recorded digest"
-                if files.get(shard["file"]) != shard["size"]:
-                    return f"shard {shard['file']} is missing or resized"
-    except (KeyError, TypeError, AttributeError, ValueError):
-        return "the manifest is malformed"
-    return None
-
-
-def entry_ok(entry: dict[str, Any]) -> bool:
-    """An entry manifest readers can use: its views are view keys (digests, never paths) with specs."""
-    views = entry.get("views")
-    return isinstance(views, list) and isinstance(entry.get("num_classes"), int) and all(
-        isinstance(v, dict) and isinstance(v.get("spec"), dict) and isinstance(v.get("key"), str)
-        and re.fullmatch(r"[0-9a-f]{64}", v["key"]) is not None for v in views)
-
-
 class ViewState:
     """One listing of a view's folder: its shard files by stem, and its newest verifying manifest."""
 
-    def __init__(self, files: dict[str, int], top: int, manifest: dict[str, Any] | None, rejected: list[str]):
+    def __init__(self, files: dict[str, int], top: int, manifest: ViewManifest | None, rejected: list[str]):
         self.files, self.top, self.manifest = files, top, manifest  # files: {name: size}
         self.rejected = rejected  # why newer generations were not used
         self.by_stem: dict[str, list[str]] = {}
@@ -161,7 +140,5 @@ class ViewState:
 
     def named(self, split: str, index: int) -> str | None:
         """The file the current manifest names for a dataset shard (tried first: it is what readers use)."""
-        try:
-            return self.manifest["splits"][split]["shards"][index]["file"]
-        except (TypeError, KeyError, IndexError):
-            return None
+        shard = self.manifest.shard(split, index) if self.manifest is not None else None
+        return shard.file if shard is not None else None

@@ -27,10 +27,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from kdflow.digest import sha256_bytes
-from kdflow.errors import KdflowError
+from kdflow.storage.digest import sha256_bytes
+from kdflow.util.errors import KdflowError
 from kdflow.softlabels import shardfile
 from kdflow.softlabels.codec import encode
+from kdflow.softlabels.manifest import ViewShard
 from kdflow.storage import Storage, join
 
 log = logging.getLogger(__name__)
@@ -65,22 +66,7 @@ class ShardCheck:
         return str(arrays["ids_sha256"]), arrays
 
 
-@dataclass(frozen=True)
-class ValidFile:
-    """A view shard file that was read and checked: its name, size and digests (a manifest's record)."""
-
-    file: str
-    count: int
-    sha256: str
-    size: int
-    ids_sha256: str
-
-    def record(self) -> dict:
-        return {"file": self.file, "count": self.count, "sha256": self.sha256, "size": self.size,
-                "ids_sha256": self.ids_sha256}
-
-
-def read_valid(store: Storage, view_dir: str, name: str, check: ShardCheck) -> ValidFile | None:
+def read_valid(store: Storage, view_dir: str, name: str, check: ShardCheck) -> ViewShard | None:
     """The record of the view shard file ``name`` in ``view_dir`` when it is valid, else None: its bytes
     must hash to the digest its name carries (a truncated, torn or overwritten file never does) and
     be the labels of the dataset shard ``check`` describes. A failing read (storage unreachable) is
@@ -96,7 +82,7 @@ def read_valid(store: Storage, view_dir: str, name: str, check: ShardCheck) -> V
         ids_sha, _ = check.verify(raw)
     except (KdflowError, ValueError, KeyError):
         return None
-    return ValidFile(name, check.count, sha, len(raw), ids_sha)
+    return ViewShard(name, check.count, sha, len(raw), ids_sha)
 
 
 def shard_bytes(codec: dict[str, np.ndarray], params: np.ndarray | None, num_classes: int, shard_sha256: str,
@@ -105,7 +91,7 @@ def shard_bytes(codec: dict[str, np.ndarray], params: np.ndarray | None, num_cla
     return shardfile.pack(encode(codec, num_classes), params, shard_sha256, ids_sha256)
 
 
-class ShardWriter:
+class ViewShardWriter:
     """A thread that encodes and writes labelled shards while the caller runs the teacher on the next.
 
     ``put`` blocks while ``QUEUE_DEPTH`` shards wait; an error in the thread is raised by the next

@@ -12,22 +12,11 @@ keys the soft labels it writes.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
-import torch
-
 from kdflow.config import Config, TrainConfig
-from kdflow.errors import KdflowError
-from kdflow.data.shards import DatasetManifest
-from kdflow.digest import digest_of
-from kdflow.logs import setup_logging
-from kdflow.memory import bound_heap
-from kdflow.models.loading import TeacherSource, save_checkpoint
-from kdflow.steps.teacher import check_teacher
-from kdflow.storage import join, storage_for
-from kdflow.training import augment
-from kdflow.training.supervised import train_supervised, val_accuracy, val_batches
+from kdflow.util.errors import KdflowError
+from kdflow.steps.preamble import begin_step
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +35,20 @@ def run_adaptation(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_u
 
     ``expected_digest`` (the digest taken when the run started, which keys KFP's cache) must match
     the teacher read now: a teacher replaced mid-run would otherwise be adapted under the old key."""
-    setup_logging()
-    bound_heap()  # memory that does not grow with the work done (kdflow.memory)
-    cfg = Config.from_yaml(config_yaml)
+    cfg = begin_step(config_yaml, heavy=True)
     if cfg.teacher.adapt_epochs == 0:
         return {"teacher_uri": teacher_uri, "adapted": False, "reused": False}
+    # Imported only now: adaptation is off by default, and the task then must not pay for torch.
+    import torch
+
+    from kdflow.data.shards import DatasetManifest
+    from kdflow.models.loading import TeacherSource, save_checkpoint
+    from kdflow.steps.teacher import check_teacher
+    from kdflow.storage import join, storage_for
+    from kdflow.storage.digest import digest_of
+    from kdflow.training import augment
+    from kdflow.training.supervised import train_supervised, val_accuracy, val_batches
+
     if not teacher_uri:
         raise KdflowError("no teacher given to adapt", "pass a teacher (a state_dict or kdflow checkpoint)")
     dataset = DatasetManifest.open(dataset_dir)
@@ -60,7 +58,7 @@ def run_adaptation(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_u
                           f"(digest {source.digest()[:12]}, expected {expected_digest[:12]})",
                           "run the pipeline again; do not replace a teacher while a run uses it")
     train_cfg = recipe(cfg)
-    settings = {k: v for k, v in dataclasses.asdict(train_cfg).items() if k != "device"}
+    settings = {k: v for k, v in train_cfg.to_dict().items() if k != "device"}
     name = digest_of({"teacher": source.digest(), "dataset": dataset.fingerprint, "recipe": settings,
                       "augment": augment.spec(cfg.augment)})
     uri = join(cache_uri, "teachers", f"adapted-{name}.pt")

@@ -13,22 +13,21 @@ from __future__ import annotations
 import logging
 
 from kdflow.config import Config
-from kdflow.lineage import Lineage, config_hash
-from kdflow.logs import setup_logging
-from kdflow.redact import refuse_credentials
+from kdflow.registry.aliases import CHAMPION, by_alias
+from kdflow.registry.lineage import Lineage, config_hash
+from kdflow.steps.preamble import begin_step
+from kdflow.util.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
 UNCHANGED_PREFIX = "unchanged: "  # how the pipeline's output says a run stopped early (see run_local)
 
 
 def decide_retraining(fingerprint: str, teacher_digest: str, config_yaml: str, tracking_uri: str | None,
                       skip_unchanged: bool) -> dict:
     """Returns {"retrain": bool, "reason": str}; the reason is logged either way."""
-    setup_logging()
-    refuse_credentials(tracking_uri, "the tracking_uri parameter")  # entry points refuse it too: defence in depth
-    decision = _decide(fingerprint, teacher_digest, Config.from_yaml(config_yaml), tracking_uri, skip_unchanged)
+    cfg = begin_step(config_yaml, tracking_uri=tracking_uri)
+    decision = _decide(fingerprint, teacher_digest, cfg, tracking_uri, skip_unchanged)
     log.info("%s: %s", "training" if decision["retrain"] else "stopping early", decision["reason"])
     return decision
 
@@ -39,7 +38,7 @@ def _decide(fingerprint: str, teacher_digest: str, cfg: Config, tracking_uri: st
         return {"retrain": True, "reason": "skip_unchanged is off: the run always trains"}
     from mlflow import MlflowClient
 
-    from kdflow import tracking
+    from kdflow.registry import tracking
 
     uri = tracking.use_tracking(tracking_uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -60,18 +59,6 @@ def _decide(fingerprint: str, teacher_digest: str, cfg: Config, tracking_uri: st
         return _skip(f"{reason}, but {name} version {pending.version} (@{cfg.registry.alias}) was trained from "
                      f"these inputs and awaits promotion", lineage)
     return {"retrain": True, "reason": reason}
-
-
-def by_alias(client, name: str, alias: str):
-    """The model version holding ``alias``, or None when the model or the alias does not exist."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST" and "not found" not in str(exc).lower():
-            raise
-        return None
 
 
 def _skip(why: str, lineage: Lineage) -> dict:

@@ -16,22 +16,20 @@ import torch
 
 from kdflow.config import Config
 from kdflow.data.shards import DatasetManifest, SplitArrays
-from kdflow.errors import DataError
+from kdflow.util.errors import DataError
 from kdflow.evaluation import suite
 from kdflow.evaluation.record import Predictions
-from kdflow.gate import Verdict, absolute_checks, champion_check, stricter
-from kdflow.logs import setup_logging
-from kdflow.memory import bound_heap
-from kdflow.redact import refuse_credentials
+from kdflow.evaluation.gate import Verdict, absolute_checks, champion_check, stricter
 from kdflow.models.loading import TeacherSource, load_checkpoint
 from kdflow.softlabels.cache import SoftLabelCache
 from kdflow.softlabels.ref import SoftLabelRef
 from kdflow.steps.distill import STUDENT_FILE
+from kdflow.steps.preamble import begin_step
 from kdflow.training.batches import ArrayBatches, to_float_images
 from kdflow.training.streaming import make_batches
 from kdflow.training.device import resolve_device
-from kdflow.tracking import Tag
-from kdflow.training.trainer import predict
+from kdflow.registry.tags import Tag
+from kdflow.training.predict import predict
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +75,7 @@ def _champion(cfg: Config, tracking_uri: str | None):
     own) when there is none. The gate is the run's, with the champion's promotion policy where that
     is stricter (``gate.stricter``)."""
     from kdflow.registry.promotion import connect, run_config
-    from kdflow.steps.champion import CHAMPION, by_alias
+    from kdflow.registry.aliases import CHAMPION, by_alias
 
     client = connect(tracking_uri)
     version = by_alias(client, cfg.registry.model_name, CHAMPION)
@@ -132,14 +130,11 @@ def run_evaluation(
     "passed", "promotable" and "gate" = the verdict in words)."""
     import mlflow
 
-    from kdflow import tracking
+    from kdflow.registry import tracking
     from kdflow.evaluation.plots import confusion_matrix_png, reliability_png
     from kdflow.evaluation.report import render_html
 
-    setup_logging()
-    refuse_credentials(tracking_uri, "the tracking_uri parameter")  # entry points refuse it too: defence in depth
-    bound_heap()  # memory that does not grow with the work done (kdflow.memory)
-    cfg = Config.from_yaml(config_yaml)
+    cfg = begin_step(config_yaml, heavy=True, tracking_uri=tracking_uri)
     dataset = DatasetManifest.open(dataset_dir)
     if not dataset.count("test"):
         raise DataError("the dataset has an empty test split", "set data.test_fraction > 0 or add a test/ folder")
@@ -179,7 +174,7 @@ def run_evaluation(
                 mlflow.log_dict({"exports": report["exports"]}, f"{EXPORT_DIR}/verification.json")
             tracking.set_tags({**verdict.tags(), **_export_tags(report["exports"], run_id)})
     report.update({"passed": verdict.passed, "promotable": verdict.promotable, "gate": verdict.summary,
-                   "verdict": verdict.to_dict(), "metrics": metrics, "class_names": dataset.class_names,
+                   "verdict": verdict.to_dict(), "metrics": metrics, "class_names": list(dataset.class_names),
                    "images": images, REPORT_HTML: page})
     return report
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import logging
 
-from kdflow.config import Config
-from kdflow.lineage import config_hash
-from kdflow.logs import setup_logging
+from kdflow.registry.lineage import config_hash
+from kdflow.steps.preamble import begin_step
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +20,10 @@ log = logging.getLogger(__name__)
 def fingerprint_inputs(data_uri: str, teacher_uri: str, config_yaml: str, tracking_uri: str | None) -> dict:
     """Returns {"source_fingerprint", "teacher_digest", "config_hash"}."""
     from kdflow.data.source import source_fingerprint
-    from kdflow.errors import KdflowError
+    from kdflow.util.errors import KdflowError
     from kdflow.models.loading import TeacherSource
 
-    setup_logging()
-    cfg = Config.from_yaml(config_yaml)
+    cfg = begin_step(config_yaml)
     if not teacher_uri:
         raise KdflowError("no teacher given", "pass a teacher (TorchScript, checkpoint or models:/ URI)")
     source = TeacherSource.of(teacher_uri, cfg.teacher).reach(tracking_uri)

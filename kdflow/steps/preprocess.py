@@ -5,8 +5,7 @@ from __future__ import annotations
 from kdflow.config import Config
 from kdflow.data.preprocess import assemble, decode_part, plan_parts, preprocess
 from kdflow.data.shards import DatasetManifest
-from kdflow.logs import setup_logging
-from kdflow.memory import bound_heap
+from kdflow.steps.preamble import begin_step
 from kdflow.storage import join
 
 
@@ -14,27 +13,23 @@ def _summary(manifest: DatasetManifest) -> dict:
     return {
         "fingerprint": manifest.fingerprint,
         "num_classes": manifest.num_classes,
-        "counts": {s: manifest.count(s) for s in manifest.data["splits"]},
-        "dropped": manifest.data["report"]["dropped"],
-        "duplicates_removed": manifest.data["report"]["duplicates_removed"],
-        "groups": manifest.data["report"]["groups"],  # split units: samples, or near-duplicate groups
+        "counts": {s: info.count for s, info in manifest.splits.items()},
+        "dropped": manifest.report.dropped,
+        "duplicates_removed": manifest.report.duplicates_removed,
+        "groups": manifest.report.groups,  # split units: samples, or near-duplicate groups
     }
 
 
 def run_preprocess(data_uri: str, config_yaml: str, out_dir: str, expected_source: str = "") -> dict:
     """``expected_source``: the raw folder's fingerprint from the start of the run (checked)."""
-    setup_logging()
-    bound_heap()  # memory that does not grow with the work done (kdflow.memory)
-    cfg = Config.from_yaml(config_yaml)
+    cfg = begin_step(config_yaml, heavy=True)
     return _summary(preprocess(data_uri, out_dir, cfg.data, expected_source))
 
 
 def run_plan_preprocess(data_uri: str, config_yaml: str) -> list[int]:
     """The part indices of a fanned-out preprocess (one decode task each): ``data.files_per_part``
     files per part."""
-    setup_logging()
-    bound_heap()  # memory that does not grow with the work done (kdflow.memory)
-    cfg = Config.from_yaml(config_yaml)
+    cfg = begin_step(config_yaml, heavy=True)
     return list(range(plan_parts(data_uri, cfg.data.files_per_part)))
 
 
@@ -55,9 +50,7 @@ def run_preprocess_part(data_uri: str, config_yaml: str, work_dir: str, part: in
     cluster); returns the spool's URI, and keeps a complete spool that is already there (a retried
     task is cheap). ``expected_source`` (the raw folder's fingerprint) names the spool folder; it is
     checked by the assemble task, not here (that would hash a local folder once per part)."""
-    setup_logging()
-    bound_heap()  # memory that does not grow with the work done (kdflow.memory)
-    cfg = Config.from_yaml(config_yaml)
+    cfg = begin_step(config_yaml, heavy=True)
     return decode_part(data_uri, _spools(work_dir, expected_source), cfg.data, int(part),
                        _parts(data_uri, cfg, parts))
 
@@ -67,8 +60,6 @@ def run_preprocess_assemble(data_uri: str, config_yaml: str, work_dir: str, out_
     """Write the dataset under ``out_dir`` from the spools the parts left below ``work_dir`` (``parts``
     as given to them); the same dict as ``run_preprocess``. The spools stay (a retried assemble needs
     them): give the work prefix a lifecycle rule, they hold the decoded images."""
-    setup_logging()
-    bound_heap()  # memory that does not grow with the work done (kdflow.memory)
-    cfg = Config.from_yaml(config_yaml)
+    cfg = begin_step(config_yaml, heavy=True)
     return _summary(assemble(data_uri, _spools(work_dir, expected_source), out_dir, cfg.data,
                              _parts(data_uri, cfg, parts), expected_source))

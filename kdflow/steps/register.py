@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from kdflow.config import Config
-from kdflow.logs import setup_logging
-from kdflow.redact import refuse_credentials
+from kdflow.steps.preamble import begin_step
 from kdflow.registry.lock import registry_lock
-from kdflow.tracking import Tag
-from kdflow.errors import KdflowError
+from kdflow.registry.tags import Tag
+from kdflow.util.errors import KdflowError
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +23,9 @@ def run_registration(run_id: str, model_uri: str, config_yaml: str, tracking_uri
     import mlflow
     from mlflow import MlflowClient
 
-    from kdflow import tracking
+    from kdflow.registry import tracking
 
-    setup_logging()
-    refuse_credentials(tracking_uri, "the tracking_uri parameter")  # entry points refuse it too: defence in depth
-    cfg = Config.from_yaml(config_yaml)
+    cfg = begin_step(config_yaml, tracking_uri=tracking_uri)
     tracking.use_tracking(tracking_uri)
     client = MlflowClient()
     run = client.get_run(run_id)

@@ -15,12 +15,13 @@ import yaml
 
 from kdflow.config import Config
 from kdflow.data.shards import DatasetManifest
-from kdflow.errors import ConfigError, DataError, KdflowError
-from kdflow.logs import setup_logging
-from kdflow.redact import redact_text
+from kdflow.util.errors import ConfigError, DataError, KdflowError
+from kdflow.util.logs import setup_logging
+from kdflow.steps.preamble import begin_step
+from kdflow.util.redact import redact_text
 from kdflow.sweep.plan import SweepPlan
 from kdflow.sweep.report import TrialResult, plot_trials, ranked, table_markdown, trial_table
-from kdflow.tracking import SweepTag, Tag
+from kdflow.registry.tags import SweepTag, Tag
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,10 @@ def start_sweep(dataset_dir: str, config_yaml: str, trials_json: str, tracking_u
     from mlflow import MlflowClient
     from mlflow.entities import Param
 
-    from kdflow import tracking
+    from kdflow.registry import tracking
 
-    setup_logging()
+    cfg = begin_step(config_yaml)
     sweep_id = sweep_id or pipeline_run
-    cfg = Config.from_yaml(config_yaml)
     plan = SweepPlan.from_json(trials_json)
     _check_labelling(cfg, plan)
     dataset = DatasetManifest.open(dataset_dir)
@@ -132,7 +132,7 @@ def select_best(parent_run_id: str, trial_run_ids: list[str], trials_json: str, 
     """
     from mlflow import MlflowClient
 
-    from kdflow import tracking
+    from kdflow.registry import tracking
 
     setup_logging()
     plan = SweepPlan.from_json(trials_json)
@@ -176,7 +176,7 @@ def close_sweep(sweep_id: str, tracking_uri: str | None, state: str, error: str 
     import mlflow
     from mlflow import MlflowClient
 
-    from kdflow import tracking
+    from kdflow.registry import tracking
     from kdflow.sweep.summary import find_parent
 
     setup_logging()

@@ -14,17 +14,16 @@ import torch
 
 from kdflow.config import Config
 from kdflow.data.shards import DatasetManifest
-from kdflow.errors import KdflowError
+from kdflow.util.errors import KdflowError
 from kdflow.evaluation.teacher_floor import teacher_floor_error
-from kdflow.logs import setup_logging
-from kdflow.memory import bound_heap
 from kdflow.models.loading import TeacherSource
 from kdflow.softlabels import views
 from kdflow.softlabels.cache import EntrySpec, SoftLabelCache
 from kdflow.softlabels.codec import compress
 from kdflow.softlabels.ref import SoftLabelRef
+from kdflow.steps.preamble import begin_step
 from kdflow.training.device import resolve_device
-from kdflow.training.trainer import predict_images
+from kdflow.training.predict import predict_images
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +73,7 @@ class TeacherJob:
 def prepare(dataset_dir: str, teacher_uri: str, config_yaml: str, cache_uri: str, expected_digest: str = "",
             tracking_uri: str | None = None) -> TeacherJob:
     """Resolve the job; checks that the teacher is the one the run started with (``expected_digest``)."""
-    setup_logging()
-    bound_heap()  # memory that does not grow with the work done (kdflow.memory)
-    cfg = Config.from_yaml(config_yaml)
+    cfg = begin_step(config_yaml, heavy=True)
     if not teacher_uri:
         raise KdflowError("no teacher given", "pass a teacher (TorchScript, checkpoint or models:/ URI)")
     dataset = DatasetManifest.open(dataset_dir)
@@ -110,7 +107,7 @@ def check_floor(job: TeacherJob, teacher: tuple[torch.nn.Module, torch.device] |
     from the cached labels (``teacher`` None, on a cache hit: the floor may have been raised since
     the entry was written) or by running the teacher (before anything is cached: a mis-loaded
     teacher leaves no entry behind)."""
-    if TEST not in job.dataset.data["splits"] or not job.dataset.count(TEST):
+    if not job.dataset.has_split(TEST) or not job.dataset.count(TEST):
         return
     preds, labels = [], []
     for index, shard in enumerate(job.dataset.iter_shards(TEST)):
@@ -188,8 +185,8 @@ def run_teacher_inference(
     else:
         teacher = job.load()
         check_floor(job, teacher)
-        _, stats = job.cache.write(job.spec, Labeller(job, teacher),
-                                   extra={"teacher_digest": job.digest, "teacher_uri": teacher_uri})
+        _, stats = job.cache.write(job.spec, Labeller(job, teacher), teacher_digest=job.digest,
+                                   teacher_uri=teacher_uri)
         log.info("soft-label cache miss %s: %d view(s) committed, %d reused from earlier entries",
                  job.spec.key[:12], stats["views_computed"], stats["views_reused"])
         ref = job.ref(False)

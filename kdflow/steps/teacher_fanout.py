@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 
-from kdflow.errors import KdflowError
+from kdflow.util.errors import KdflowError
 from kdflow.softlabels.ref import SoftLabelRef
 from kdflow.steps.teacher import Labeller, TeacherJob, check_floor, prepare, verified_hit
 
@@ -79,7 +79,7 @@ def run_teacher_commit(dataset_dir: str, teacher_uri: str, config_yaml: str, cac
     complete = job.cache.lookup(job.spec.key) is not None
     # Always a full commit (every shard read back): after a plan that found the entry damaged, the
     # relabelled shards are committed as the views' next manifests; on a sound hit nothing is written.
-    _, stats = job.cache.commit(job.spec, extra={"teacher_digest": job.digest, "teacher_uri": teacher_uri})
+    _, stats = job.cache.commit(job.spec, teacher_digest=job.digest, teacher_uri=teacher_uri)
     hit = complete and stats["views_computed"] == 0
     log.info("soft-label cache entry %s %s: %d view(s) given a new manifest, %d reused", job.spec.key[:12],
              "verified" if hit else "committed", stats["views_computed"], stats["views_reused"])

@@ -1,4 +1,4 @@
-"""Step 3, multi-node: distillation as a Kubeflow Trainer job (kdflow.trainjob), both ends of it.
+"""Step 3, multi-node: distillation as a Kubeflow Trainer job (kdflow.cluster.trainjob), both ends of it.
 
 - ``run_trainjob``: what the pipeline task runs: build the TrainJob (or PyTorchJob), submit it, wait,
   and return what the single-node distillation step returns (the run id is read back from the job's
@@ -15,8 +15,9 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 
-from kdflow.errors import KdflowError
+from kdflow.util.errors import KdflowError
 from kdflow.storage import join, storage_for
 
 log = logging.getLogger(__name__)
@@ -71,48 +72,104 @@ def own_namespace() -> str:
                           "pass the namespace the job should run in") from None
 
 
-def run_trainjob(dataset_uri: str, soft_labels_uri: str, config_yaml: str, out_uri: str, tracking_uri: str,
-                 image: str, name: str = "", namespace: str = "", kind: str = "TrainJob", num_nodes: int = 1,
-                 gpus_per_node: int = 1, runtime: str = "torch-distributed", pipeline_run: str = "",
-                 platform_yaml: str = "", timeout_s: float = 24 * 3600, poll_s: float = 30.0, api=None,
-                 teacher_digest: str = "", pipeline_run_id: str = "") -> dict:
-    """Submit the distillation job, wait for it; returns {"run_id", "model_uri", "job"}.
-    ``platform_yaml``: the Kubernetes settings (kdflow.platform) as YAML; empty: the defaults. ``name``
-    empty: derived from the pipeline run and the inputs (``job_name``); ``namespace`` empty: this pod's
-    own. A retried task adopts the job an earlier attempt submitted and copies its output here."""
-    import tempfile
+@dataclass(frozen=True)
+class JobData:
+    """What the job reads and where it writes: URIs every node of the job can reach (object storage)."""
 
-    from kdflow.logs import setup_logging
-    from kdflow.platform import Platform
-    from kdflow.trainjob import JobInputs, build_job, submit_and_wait
+    dataset_uri: str
+    soft_labels_uri: str  # the soft-label reference folder
+    config_yaml: str  # the run config
+    out_uri: str  # where rank 0 writes student.pt and the result file
+    tracking_uri: str = ""  # empty: the pods' own MLFLOW_TRACKING_URI (from a secret)
+
+
+@dataclass(frozen=True)
+class JobPlacement:
+    """Where and on what the job runs."""
+
+    image: str  # the GPU image
+    kind: str = "TrainJob"  # or PyTorchJob
+    num_nodes: int = 1
+    gpus_per_node: int = 1
+    runtime: str = "torch-distributed"  # TrainJob: the ClusterTrainingRuntime referenced
+    namespace: str = ""  # empty: this pod's own
+    name: str = ""  # empty: derived from the pipeline run and the inputs (``job_name``)
+    platform_yaml: str = ""  # the Kubernetes settings (kdflow.config.platform) as YAML; empty: the defaults
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """The pipeline run the job belongs to: it names the job and scopes the workers' checkpoints."""
+
+    pipeline_run: str = ""  # the pipeline run's name (an MLflow tag)
+    pipeline_run_id: str = ""  # its unique id
+    teacher_digest: str = ""  # the given teacher's (before adaptation): tagged for the champion check
+
+
+def trainjob_step(*, dataset_uri: str, soft_labels_uri: str, config_yaml: str, out_uri: str, tracking_uri: str,
+                  image: str, kind: str, num_nodes: int, gpus_per_node: int, runtime: str, namespace: str,
+                  platform_yaml: str, pipeline_run: str, pipeline_run_id: str, teacher_digest: str,
+                  timeout_s: float) -> dict:
+    """The pipeline component's entry: its inputs, by keyword, grouped into the job's three parts."""
+    return run_trainjob(
+        JobData(dataset_uri=dataset_uri, soft_labels_uri=soft_labels_uri, config_yaml=config_yaml, out_uri=out_uri,
+                tracking_uri=tracking_uri),
+        JobPlacement(image=image, kind=kind, num_nodes=num_nodes, gpus_per_node=gpus_per_node, runtime=runtime,
+                     namespace=namespace, platform_yaml=platform_yaml),
+        JobRun(pipeline_run=pipeline_run, pipeline_run_id=pipeline_run_id, teacher_digest=teacher_digest),
+        timeout_s=timeout_s)
+
+
+def run_trainjob(data: JobData, placement: JobPlacement, run: JobRun = JobRun(), *, timeout_s: float = 24 * 3600,
+                 poll_s: float = 30.0, api=None) -> dict:
+    """Submit the distillation job, wait for it; returns {"run_id", "model_uri", "job"}. A retried task
+    adopts the job an earlier attempt submitted and copies its output here. ``api``: the Kubernetes
+    custom-objects API (kdflow.cluster.trainjob; None: the client, else kubectl)."""
+    from kdflow.util.logs import setup_logging
+    from kdflow.cluster.trainjob import JobInputs, build_job, submit_and_wait
 
     setup_logging()
-    name = name or job_name(out_uri, pipeline_run_id, (dataset_uri, soft_labels_uri, config_yaml, teacher_digest))
-    namespace = namespace or own_namespace()
-    platform = Platform()
-    if platform_yaml:
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            f.write(platform_yaml)
-        try:
-            platform = Platform.load(f.name)
-        finally:
-            os.unlink(f.name)
-    inputs = JobInputs(name=name, namespace=namespace, image=image, dataset_uri=dataset_uri,
-                       soft_labels_uri=soft_labels_uri, out_uri=out_uri, config_yaml=config_yaml,
-                       tracking_uri=tracking_uri, kind=kind, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
-                       runtime=runtime, pipeline_run=pipeline_run, teacher_digest=teacher_digest,
-                       extra_env={RUN_ID_ENV: pipeline_run_id} if pipeline_run_id else {})
-    job = build_job(inputs, platform)
+    name = placement.name or job_name(data.out_uri, run.pipeline_run_id,
+                                      (data.dataset_uri, data.soft_labels_uri, data.config_yaml, run.teacher_digest))
+    namespace = placement.namespace or own_namespace()
+    inputs = JobInputs(name=name, namespace=namespace, image=placement.image, dataset_uri=data.dataset_uri,
+                       soft_labels_uri=data.soft_labels_uri, out_uri=data.out_uri, config_yaml=data.config_yaml,
+                       tracking_uri=data.tracking_uri, kind=placement.kind, num_nodes=placement.num_nodes,
+                       gpus_per_node=placement.gpus_per_node, runtime=placement.runtime,
+                       pipeline_run=run.pipeline_run, teacher_digest=run.teacher_digest,
+                       extra_env={RUN_ID_ENV: run.pipeline_run_id} if run.pipeline_run_id else {})
+    job = build_job(inputs, _platform(placement.platform_yaml))
     finished = submit_and_wait(job, api, timeout_s=timeout_s, poll_s=poll_s)
-    written = job_out_uri(finished) or out_uri  # an adopted job (a retried task) wrote to its own --out
-    if written != out_uri:
-        _adopt_outputs(written, out_uri)
+    written = job_out_uri(finished) or data.out_uri  # an adopted job (a retried task) wrote to its own --out
+    if written != data.out_uri:
+        _adopt_outputs(written, data.out_uri)
+    return {**_result(data.out_uri, f"{namespace}/{name}"), "job": f"{placement.kind}/{namespace}/{name}"}
+
+
+def _platform(platform_yaml: str):
+    """The platform settings given as YAML (kdflow.config.platform.Platform); empty: the defaults."""
+    import tempfile
+
+    from kdflow.config.platform import Platform
+
+    if not platform_yaml:
+        return Platform()
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(platform_yaml)
+    try:
+        return Platform.load(f.name)
+    finally:
+        os.unlink(f.name)
+
+
+def _result(out_uri: str, job: str) -> dict:
+    """What rank 0 wrote last under ``out_uri``: its presence means the job finished its work."""
     result_uri = join(out_uri, RESULT_FILE)
     store = storage_for(result_uri)
     if not store.exists(result_uri):
-        raise KdflowError(f"the job {namespace}/{name} succeeded but wrote no {result_uri}",
+        raise KdflowError(f"the job {job} succeeded but wrote no {result_uri}",
                           "check that the job's image runs this kdflow version (its rank 0 writes that file)")
-    return {**json.loads(store.read_bytes(result_uri)), "job": f"{kind}/{namespace}/{name}"}
+    return json.loads(store.read_bytes(result_uri))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = os.environ.get("KDFLOW_CONFIG")
     if not config:
-        raise KdflowError("$KDFLOW_CONFIG is not set", "set it to the run config (YAML); kdflow.trainjob does")
+        raise KdflowError("$KDFLOW_CONFIG is not set", "set it to the run config (YAML); kdflow.cluster.trainjob does")
     import tempfile
 
     from kdflow.softlabels.ref import REF_FILE

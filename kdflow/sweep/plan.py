@@ -7,7 +7,6 @@ as YAML, the swept keys, the metric, and which trial's config the teacher labels
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import json
 import random
@@ -15,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from kdflow.config import Config
-from kdflow.digest import digest_of
-from kdflow.errors import ConfigError
+from kdflow.storage.digest import digest_of
+from kdflow.util.errors import ConfigError
 from kdflow.sweep.spec import EXAMPLE, MAX_TRIALS, SubGrid, SweepSpec
 
 FORMAT = 1
@@ -79,15 +78,19 @@ def _describe(params: dict[str, Any]) -> str:
 
 
 def _build(base: Config, params: dict[str, Any], index: int) -> Config:
+    from kdflow.distillers.preflight import check_models
+
     try:
-        return Config.from_dict(trial_dict(base, params))
+        cfg = Config.from_dict(trial_dict(base, params))
+        check_models(cfg)  # a trial's layer names, before any trial runs
+        return cfg
     except ConfigError as exc:
         fix = exc.fix or ""
         if "unknown config key 'distill.options." in exc.problem:
-            from kdflow.distillers import get_distiller_class
+            from kdflow.config import method_spec
 
             method = params.get("distill.method", base.distill.method)
-            known = ", ".join(f.name for f in dataclasses.fields(get_distiller_class(method).Options)) or "none"
+            known = ", ".join(method_spec(method).options.model_fields) or "none"
             fix = (f"'{method}' takes the options: {known}. Options belong to one method: sweep them in that "
                    f"method's own sub-grid, e.g. {EXAMPLE}")
         raise ConfigError(f"sweep trial {index} ({_describe(params)}) is not a valid run config: {exc.problem}",

@@ -21,18 +21,18 @@ labels, so anything that changes the data or the soft-label cache entry is fixed
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import Field, PrivateAttr, model_validator
 
 from kdflow.config import Config
-from kdflow.errors import ConfigError
-from kdflow.typed import from_dict
+from kdflow.util.errors import ConfigError
+from kdflow.config.base import Strict
 
 MAX_TRIALS = 256  # a sweep is one pipeline run: more trials than this is a job for several sweeps
 
@@ -166,20 +166,24 @@ def grid_size(grids: tuple[SubGrid, ...]) -> float:
     return total
 
 
-@dataclass(frozen=True)
-class SweepSpec:
+class SweepSpec(Strict):
     """A sweep file, strictly typed (``parameters`` is free-form and checked by hand)."""
 
     parameters: Any = None
-    base: str | None = None  # path of a run config; made absolute against the sweep file's folder
-    config: dict | None = None  # the run config inline
+    base: str | None = Field(None, description="path of a run config; made absolute against the sweep file's folder")
+    config: dict[str, Any] | None = Field(None, description="the run config inline")
     strategy: Literal["grid", "random"] = "grid"
     trials: int | None = None
     seed: int = 0
     metric: str = "val_accuracy"
-    grids: tuple = field(init=False, repr=False, compare=False, default=())
+    _grids: tuple = PrivateAttr(default=())  # the parsed parameters, one mapping of key -> values per sub-grid
 
-    def __post_init__(self) -> None:
+    @property
+    def grids(self) -> tuple:
+        return self._grids
+
+    @model_validator(mode="after")
+    def _check(self) -> "SweepSpec":
         if self.base is not None and self.config is not None:
             raise _error("file", "has both 'base' and 'config'",
                          "keep one: base (a run-config file) or config (the run config inline)")
@@ -195,7 +199,7 @@ class SweepSpec:
                              "say how many trials to draw, e.g. trials: 8")
             if not 1 <= self.trials <= MAX_TRIALS:
                 raise _error("key 'trials'", f"is {self.trials}", f"use 1..{MAX_TRIALS}")
-        object.__setattr__(self, "grids", parse_parameters(self.parameters, self.strategy))
+        self._grids = parse_parameters(self.parameters, self.strategy)
         size = grid_size(self.grids)
         if self.strategy == "grid" and size > MAX_TRIALS:
             raise _error("grid", f"has {size} combinations, more than {MAX_TRIALS}",
@@ -204,6 +208,7 @@ class SweepSpec:
         if self.strategy == "random" and self.trials > size:
             raise _error("key 'trials'", f"is {self.trials} but the parameters have only {size} combination(s)",
                          f"use trials: {size} or fewer, or strategy: grid")
+        return self
 
     @property
     def swept(self) -> tuple[str, ...]:
@@ -214,7 +219,7 @@ class SweepSpec:
     def from_dict(cls, data: Any, base_dir: str | Path = ".") -> "SweepSpec":
         if isinstance(data, dict) and isinstance(data.get("base"), str) and data["base"]:
             data = {**data, "base": str((Path(base_dir) / data["base"]).resolve())}
-        return from_dict(cls, data)
+        return super().from_dict(data)
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "sweep file", base_dir: str | Path = ".") -> "SweepSpec":
@@ -238,7 +243,7 @@ class SweepSpec:
     def base_config(self, embedded: bool = True) -> Config:
         """The run config the trials start from: ``base``, ``config``, else what ``kdflow run`` would use
         (the embedded digits config, or the generic defaults for a run that brings its own data)."""
-        from kdflow.inputs import load_config
+        from kdflow.config import load_config
 
         if self.config is not None:
             return Config.from_dict(self.config)
@@ -246,4 +251,4 @@ class SweepSpec:
 
     def to_dict(self) -> dict:
         """The file's content (``base`` made absolute), as logged with the sweep."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return {name: getattr(self, name) for name in type(self).model_fields}

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from kdflow.config import AugmentConfig
-from kdflow.digest import digest_of
+from kdflow.storage.digest import digest_of
 
 PARAMS = 5  # top, left, height, width, flip
 

@@ -29,7 +29,7 @@ import torch
 
 from kdflow.config import AugmentConfig
 from kdflow.data.shards import SplitArrays
-from kdflow.errors import ConfigError
+from kdflow.util.errors import ConfigError
 from kdflow.softlabels.cache import SoftLabels
 from kdflow.training import augment
 

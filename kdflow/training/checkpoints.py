@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from kdflow.digest import digest_of
-from kdflow.errors import KdflowError
+from kdflow.storage.digest import digest_of
+from kdflow.util.errors import KdflowError
 from kdflow.storage import join, storage_for
 
 log = logging.getLogger(__name__)

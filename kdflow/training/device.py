@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-from kdflow.errors import ConfigError
+from kdflow.util.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kdflow.errors import ConfigError
+from kdflow.util.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from typing import Any, Sequence
 
 import torch
 
-from kdflow.cpus import available_cpus
+from kdflow.util.cpus import available_cpus
 from kdflow.data.stream import CACHE_DIR_ENV
-from kdflow.errors import ConfigError, KdflowError
+from kdflow.util.errors import ConfigError, KdflowError
 from kdflow.training.distributed import is_torchrun_worker
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ from kdflow.models import Classifier
 from kdflow.training.batches import ArrayBatches
 from kdflow.training.device import resolve_device
 from kdflow.training.streaming import Resident, ShardBatches, make_batches
-from kdflow.training.trainer import fit, predict
+from kdflow.training.predict import predict
+from kdflow.training.trainer import fit
 
 
 def val_batches(dataset: DatasetManifest, batch_size: int, device_name: str,

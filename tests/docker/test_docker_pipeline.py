@@ -17,7 +17,7 @@ import pytest
 
 from kdflow.config import Config
 from kdflow.pipelines.local import compile_pipeline, run_local
-from kdflow.summary import read_summary
+from kdflow.cli.summary import read_summary
 from tests.helpers import ROOT, upload_folder
 
 pytestmark = pytest.mark.docker

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from kdflow.config import Config
-from kdflow.summary import read_summary
+from kdflow.cli.summary import read_summary
 from kdflow.pipelines.local import run_local
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,6 @@ import torch
 import yaml
 
 from kdflow.config import Config
-from kdflow.data.preprocess import preprocess
 from kdflow.data.shards import DatasetManifest
 from kdflow.models.loading import Frozen, load_checkpoint
 from kdflow.steps.distill import run_distillation
@@ -39,7 +38,7 @@ def _teacher(kind: str, tiny_teacher: str, tmp_path, tracking_uri: str) -> tuple
         torch.save({"state_dict": {f"module.{k}": v for k, v in model.net.state_dict().items()}}, str(path))
         mean, std = model.mean.flatten().tolist(), model.std.flatten().tolist()
         return str(path), f"teacher: {{arch: {arch}, mean: {mean}, std: {std}}}"
-    from kdflow import tracking
+    from kdflow.registry import tracking
 
     tracking.use_tracking(tracking_uri)
     with mlflow.start_run(experiment_id=tracking.experiment_id("teachers", tracking_uri)):
@@ -49,7 +48,8 @@ def _teacher(kind: str, tiny_teacher: str, tmp_path, tracking_uri: str) -> tuple
 
 
 @pytest.mark.parametrize("kind", ["torchscript", "state_dict", "mlflow"])
-def test_online_kd_with_every_teacher_kind(kind, tmp_path, tiny_data, tiny_teacher, tiny_config_yaml, monkeypatch):
+def test_online_kd_with_every_teacher_kind(kind, tmp_path, tiny_labelled, tiny_teacher, tiny_config_yaml,
+                                           monkeypatch):
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)  # where a models:/ teacher is looked up
     teacher_uri, teacher_lines = _teacher(kind, tiny_teacher, tmp_path, tracking_uri)
@@ -58,8 +58,8 @@ def test_online_kd_with_every_teacher_kind(kind, tmp_path, tiny_data, tiny_teach
                            "train": {**base["train"], "epochs": 10}})
     cfg = Config.from_yaml(text)
     assert cfg.cached_views() == 0 and not cfg.replays_cache()
-    preprocess(str(tiny_data), str(tmp_path / "ds"), cfg.data)
-    ref = run_teacher_inference(str(tmp_path / "ds"), teacher_uri, text, str(tmp_path / "cache"), str(tmp_path / "ref"))
+    ds = str(tiny_labelled.dataset)  # the tiny data, preprocessed with these data settings (read only)
+    ref = run_teacher_inference(ds, teacher_uri, text, str(tmp_path / "cache"), str(tmp_path / "ref"))
     assert ref.views == 0  # online: only the plain view is cached (for validation and evaluation)
 
     calls, shown = [], []
@@ -71,12 +71,12 @@ def test_online_kd_with_every_teacher_kind(kind, tmp_path, tiny_data, tiny_teach
         return real_forward(self, x)
 
     monkeypatch.setattr(Frozen, "forward", recording_forward)
-    result = run_distillation(str(tmp_path / "ds"), str(tmp_path / "ref"), text, str(tmp_path / "out"), tracking_uri)
+    result = run_distillation(ds, str(tmp_path / "ref"), text, str(tmp_path / "out"), tracking_uri)
 
     steps = 10 * (39 // cfg.train.batch_size)  # tiny_data has 39 training images
     assert len(calls) == steps and set(calls) == {cfg.train.batch_size}  # one teacher pass per batch
     # ...on the augmented pictures the student trains on, not the plain ones.
-    plain = DatasetManifest.open(str(tmp_path / "ds")).load_split("train").images
+    plain = DatasetManifest.open(ds).load_split("train").images
     plain = {p.tobytes() for p in torch.from_numpy(plain).permute(0, 3, 1, 2).float().div(255).numpy()}
     assert sum(p.numpy().tobytes() not in plain for p in shown) > 0.8 * len(shown)
     run = mlflow.get_run(result["run_id"])
@@ -88,11 +88,11 @@ HINT = {"method": "hint", "options": {"pairs": [{"teacher": "stages.1", "student
 
 
 @pytest.mark.parametrize("kind", ["torchscript", "state_dict", "mlflow"])
-def test_hint_reads_the_layers_of_every_teacher_kind(kind, tmp_path, tiny_data, tiny_teacher, tiny_config_yaml,
+def test_hint_reads_the_layers_of_every_teacher_kind(kind, tmp_path, tiny_labelled, tiny_teacher, tiny_config_yaml,
                                                      monkeypatch):
     """Forward hooks need eager modules: a compiled teacher (TorchScript, an exported models:/ program)
     is refused with the fix until teacher.arch is named, then rebuilt from its weights."""
-    from kdflow.errors import KdflowError
+    from kdflow.util.errors import KdflowError
 
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
@@ -104,18 +104,18 @@ def test_hint_reads_the_layers_of_every_teacher_kind(kind, tmp_path, tiny_data, 
            "registry": {**base["registry"], "experiment": f"hint-{kind}"}}
     if kind == "state_dict":
         doc["teacher"]["arch"] = "convnet_s"
-    preprocess(str(tiny_data), str(tmp_path / "ds"), Config.from_dict(doc).data)
-    run_teacher_inference(str(tmp_path / "ds"), teacher_uri, yaml.safe_dump(doc), str(tmp_path / "cache"),
+    ds = str(tiny_labelled.dataset)
+    run_teacher_inference(ds, teacher_uri, yaml.safe_dump(doc), str(tmp_path / "cache"),
                           str(tmp_path / "ref"))
     if kind != "state_dict":
         with pytest.raises(KdflowError, match="compiled code") as err:
-            run_distillation(str(tmp_path / "ds"), str(tmp_path / "ref"), yaml.safe_dump(doc), str(tmp_path / "x"),
+            run_distillation(ds, str(tmp_path / "ref"), yaml.safe_dump(doc), str(tmp_path / "x"),
                              tracking_uri)
         assert "teacher.arch" in err.value.fix
         assert mlflow.get_experiment_by_name(f"hint-{kind}") is None or not mlflow.search_runs(
             experiment_names=[f"hint-{kind}"]).shape[0]  # a refused run leaves no MLflow run behind
         doc["teacher"]["arch"] = "convnet_s"
-    result = run_distillation(str(tmp_path / "ds"), str(tmp_path / "ref"), yaml.safe_dump(doc), str(tmp_path / "out"),
+    result = run_distillation(ds, str(tmp_path / "ref"), yaml.safe_dump(doc), str(tmp_path / "out"),
                               tracking_uri, pipeline_run=f"online-{kind}")
     run = mlflow.get_run(result["run_id"])
     assert run.data.tags["kdflow.teacher_mode"] == "online" and run.data.metrics["train_hint"] > 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kdflow.config import Config
-from kdflow.summary import read_summary
+from kdflow.cli.summary import read_summary
 from kdflow.pipelines.local import run_local
 from tests.helpers import upload_folder
 
@@ -67,7 +67,7 @@ def test_pipeline_registers_then_reuses_the_cache(tmp_path, tiny_data, tiny_teac
     # No training pixels in the registry: the stored input example is synthetic.
     from mlflow.models import Model
 
-    from kdflow.tracking import synthetic_example
+    from kdflow.registry.tracking import synthetic_example
 
     local = mlflow.artifacts.download_artifacts(artifact_uri="models:/e2e-student/1", dst_path=str(tmp_path / "m"))
     stored = Model.load(local).load_input_example(local)
@@ -113,18 +113,3 @@ def test_pipeline_registers_then_reuses_the_cache(tmp_path, tiny_data, tiny_teac
     assert third.startswith("unchanged: nothing changed since e2e-student version 2 (@champion)")
     assert len(client.search_runs([run.info.experiment_id])) == runs_before
     assert sorted(v.version for v in client.search_model_versions("name='e2e-student'")) == ["1", "2"]
-
-
-def test_failed_gate_registers_nothing_and_says_why(tmp_path, tiny_data, tiny_teacher, tiny_config_yaml,
-                                                     mlflow_server, s3_bucket):
-    from mlflow import MlflowClient
-
-    config = (tiny_config_yaml.replace("tiny-student", "never-registered")
-              .replace("gate: {min_accuracy: 0.0, max_drop: 1.0}", "gate: {min_accuracy: 1.0, max_drop: 0.0}")
-              .replace("train: {epochs: 8, batch_size: 16, lr: 0.05", "train: {epochs: 1, batch_size: 16, lr: 0.000001"))
-    args = _arguments(config, tiny_data, tiny_teacher, f"s3://{s3_bucket}/c", mlflow_server)
-    summary = read_summary(run_local(str(tmp_path / "root"), args), mlflow_server)
-    assert not summary.gate_passed and summary.registered_version is None
-    assert summary.gate.startswith("failed: FAIL min_accuracy")
-    assert "not registered (failed:" in "\n".join(summary.lines())
-    assert MlflowClient(mlflow_server, registry_uri=mlflow_server).search_model_versions("name='never-registered'") == []

@@ -15,7 +15,7 @@ from kdflow.config import Config
 from kdflow.evaluation.record import Predictions
 from kdflow.registry.history import parse_events
 from kdflow.registry.promotion import VersionTag
-from kdflow.tracking import Tag
+from kdflow.registry.tags import Tag
 from tests.helpers import cli_in_process
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +40,7 @@ def store(tmp_path_factory):
     import mlflow
     from mlflow import MlflowClient
 
-    from kdflow import tracking
+    from kdflow.registry import tracking
 
     home = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{home / 'mlflow.db'}"

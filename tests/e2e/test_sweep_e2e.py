@@ -107,7 +107,7 @@ def test_a_failed_trial_fails_the_sweep_and_closes_its_runs(tmp_path, tiny_data,
 
 
 def kdflow(*args, cwd):
-    return run_kdflow(*args, cwd=cwd, timeout=300)
+    return run_kdflow(*args, cwd=cwd)
 
 
 def test_cli_dry_run_prints_the_trials_and_runs_nothing(tmp_path, tiny_config_yaml):

@@ -23,7 +23,7 @@ from PIL import Image
 
 import kdflow.data.source as source_module
 from kdflow.data.shards import DatasetManifest
-from kdflow.errors import DataError
+from kdflow.util.errors import DataError
 from kdflow.steps.preprocess import run_preprocess
 from tests.helpers import class_image, jpeg_bytes, png_bytes
 
@@ -190,7 +190,7 @@ def test_a_readable_lost_and_found_is_no_class(tmp_path):
     root, out = _good(tmp_path / "data"), tmp_path / "out"
     (root / "lost+found").mkdir()  # as a pod running as root sees an ext4 volume's root
     _preprocess(root, out)
-    assert DatasetManifest.open(str(out)).class_names == ["apple", "kiwi", "plum"]
+    assert DatasetManifest.open(str(out)).class_names == ("apple", "kiwi", "plum")
 
 
 def test_the_cli_step_exits_non_zero_with_problem_and_fix(tmp_path):
@@ -199,13 +199,13 @@ def test_the_cli_step_exits_non_zero_with_problem_and_fix(tmp_path):
     import subprocess
     import sys
 
-    from tests.helpers import ROOT
+    from tests.helpers import ROOT, hang_guard
 
     root, out = tmp_path / "data", tmp_path / "out"
     _class_of_broken_files(root)
     proc = subprocess.run([sys.executable, "-c", "import sys; from kdflow.steps.preprocess import run_preprocess; "
                            "run_preprocess(sys.argv[1], sys.argv[2], sys.argv[3])", str(root), CONFIG % CAP,
-                           str(out)], capture_output=True, text=True, timeout=300,
+                           str(out)], capture_output=True, text=True, timeout=hang_guard(300),
                           env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode != 0
     assert "DataError: class folder(s) under" in proc.stderr and "'plum'" in proc.stderr
@@ -321,7 +321,7 @@ def test_a_hostile_file_is_dropped_with_its_reason(hostile_run, case, path, reas
 
 def test_the_hostile_run_keeps_exactly_the_good_pictures_and_reads_nothing_outside(hostile_run):
     summary, report, reads, root, outside, dataset = hostile_run
-    assert dataset.class_names == ["apple", "kiwi", "plum"]  # the outside "stolen" folder is no class
+    assert dataset.class_names == ("apple", "kiwi", "plum")  # the outside "stolen" folder is no class
     assert summary["dropped"] == len(HOSTILE) == len(report["dropped"])
     # The symlink inside the root was followed: a duplicate of its target, not a drop.
     assert {"path": "kiwi/alias.png", "reason": "duplicate of kiwi/000.png"} in report["duplicates"]

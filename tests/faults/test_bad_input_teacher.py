@@ -19,14 +19,14 @@ import torch
 from torch import nn
 
 from kdflow.config import Config
-from kdflow.cron import CronError, validate
+from kdflow.cluster.cron import CronError, validate
 from kdflow.data.shards import DatasetManifest
-from kdflow.errors import ConfigError, KdflowError
+from kdflow.util.errors import ConfigError, KdflowError
 from kdflow.models.loading import TeacherSource
 from kdflow.steps.fingerprint import fingerprint_inputs
 from kdflow.steps.preprocess import run_preprocess
 from kdflow.steps.teacher import run_teacher_inference
-from tests.helpers import ROOT, class_image, png_bytes
+from tests.helpers import ROOT, class_image, hang_guard, png_bytes
 
 CONFIG = """
 data: {image_size: %d, val_fraction: 0.2, test_fraction: 0.2, seed: 0}
@@ -146,7 +146,7 @@ def test_hostile_class_names_go_through_preprocess_teacher_and_distillation(tmp_
     config = CONFIG % 12
     summary = run_preprocess(str(data), config, str(tmp_path / "ds"))
     dataset = DatasetManifest.open(str(tmp_path / "ds"))
-    assert dataset.class_names == sorted(HOSTILE_NAMES)
+    assert dataset.class_names == tuple(sorted(HOSTILE_NAMES))
     assert sum(summary["counts"].values()) == 16 and summary["dropped"] == 0
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["class_names"] == sorted(HOSTILE_NAMES)  # stored as given, not escaped away
@@ -216,6 +216,6 @@ def test_the_cli_refuses_bad_input_with_exit_2_before_connecting_anywhere(tmp_pa
     bad.write_text("data: {max_file_bytes: -5}\n")
     proc = subprocess.run([sys.executable, "-c", "from kdflow.cli import entrypoint; entrypoint()",
                            *[a.replace("{bad}", str(bad)) for a in args]], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+                          text=True, timeout=hang_guard(300), env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 2, proc.stderr
     assert problem in proc.stderr and fix in proc.stderr and "Traceback" not in proc.stderr

@@ -22,19 +22,19 @@ import numpy as np
 import pytest
 import torch
 
-from kdflow import __version__
 from kdflow.config import AugmentConfig
-from kdflow.data.shards import FORMAT as DATASET_FORMAT
-from kdflow.data.shards import DatasetManifest, SplitArrays, fingerprint, write_manifest, write_split_shards
-from kdflow.errors import CacheError
+from kdflow.data.manifest import ChannelStats, PreprocessReport, PreprocessSpec, SplitInfo
+from kdflow.data.shards import DatasetManifest, SplitArrays, write_split_shards
+from kdflow.util.errors import CacheError
 from kdflow.softlabels import views
 from kdflow.softlabels.cache import EntrySpec, SoftLabelCache
 from kdflow.softlabels.codec import compress
 from kdflow.softlabels.shardfile import parse_view_file
 from kdflow.storage import join
+from tests.helpers import hang_guard
 
 ROOT = Path(__file__).resolve().parents[2]
-HANG_S = 180  # a guard against a hung worker, not a speed limit
+HANG_S = 180  # a guard against a hung worker (hang_guard scales it), not a speed limit
 WORKERS = 2  # an early committer and a late labeller (see worker)
 AUG = AugmentConfig(crop="pad", padding=2, views=1)
 
@@ -47,12 +47,11 @@ def make_dataset(root: Path) -> DatasetManifest:
     for split, n in {"train": 24, "val": 8, "test": 8}.items():
         arrays = SplitArrays(rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), rng.integers(0, 3, n).astype(np.int64),
                              np.array([f"{split}-{i:06d}" for i in range(n)]))
-        splits[split] = {"count": n, "shards": write_split_shards(str(root), split, arrays, 4)}
-    spec = {"image_size": 8, "synthetic": 0}
-    write_manifest(str(root), {"format": DATASET_FORMAT, "kdflow_version": __version__, "source": "synthetic",
-                               "spec": spec, "class_names": names, "splits": splits,
-                               "stats": {"mean": [0.5] * 3, "std": [0.25] * 3},
-                               "fingerprint": fingerprint(spec, names, splits)})
+        splits[split] = SplitInfo(n, tuple(np.bincount(arrays.labels, minlength=3).tolist()),
+                                  tuple(write_split_shards(str(root), split, arrays, 4)))
+    spec = PreprocessSpec(8, 3, "squash", "bilinear", {"synthetic": 0})
+    DatasetManifest.build(str(root), "synthetic", spec, names, splits, ChannelStats((0.5,) * 3, (0.25,) * 3),
+                          PreprocessReport(40, 0, 0, 40, 1, 0)).write()
     return DatasetManifest.open(str(root))
 
 
@@ -78,7 +77,7 @@ class Teacher:
 def barrier(sync: Path, name: str, me: int, n: int) -> None:
     """Wait until all ``n`` workers reached ``name`` (a hang guard fails a worker that waits too long)."""
     (sync / f"{name}-{me}").touch()
-    deadline = time.monotonic() + HANG_S
+    deadline = time.monotonic() + hang_guard(HANG_S)
     while len(list(sync.glob(f"{name}-*"))) < n:
         if time.monotonic() > deadline:
             raise TimeoutError(f"barrier {name}: the other workers never came")
@@ -87,7 +86,7 @@ def barrier(sync: Path, name: str, me: int, n: int) -> None:
 
 def wait_for(sync: Path, name: str) -> None:
     """Wait until some worker touched ``name`` (the same hang guard as ``barrier``)."""
-    deadline = time.monotonic() + HANG_S
+    deadline = time.monotonic() + hang_guard(HANG_S)
     while not (sync / name).exists():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{name}: never came")
@@ -143,10 +142,10 @@ def worker(args_json: str) -> None:
 
     stats = cache.label_part(spec, infer)
     cache.store.write_if_absent = create  # on the instance: commit() and commit_next() call it there
-    entry, commit_stats = cache.commit(spec, extra={"teacher_uri": "t"})
+    entry, commit_stats = cache.commit(spec, teacher_uri="t")
     if me == 1:
         (sync / "committed-1").touch()
-    Path(args["out"]).write_text(json.dumps({"entry": entry, "label": stats, "commit": commit_stats,
+    Path(args["out"]).write_text(json.dumps({"entry": entry.to_dict(), "label": stats, "commit": commit_stats,
                                              "creates": creates}))
 
 
@@ -163,7 +162,7 @@ def run_workers(dataset: DatasetManifest, cache_uri: str, tmp: Path) -> list[dic
                                    "worker(sys.argv[1])", json.dumps(args)],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
-        logs = [p.communicate(timeout=HANG_S)[0] for p in procs]
+        logs = [p.communicate(timeout=hang_guard(HANG_S))[0] for p in procs]
     finally:
         for p in procs:
             p.kill()
@@ -179,7 +178,7 @@ def assert_one_sound_entry(cache: SoftLabelCache, spec: EntrySpec, dataset: Data
     its dataset shard's ids. Returns {view key: sha256 of its generation 0's bytes}."""
     store = cache.store
     assert store.list(join(cache.root, "softlabels", "v5", "entries")) == [cache.entry_uri(spec.key)]
-    units = {s: len(info["shards"]) for s, info in dataset.data["splits"].items()}
+    units = {s: len(info.shards) for s, info in dataset.splits.items()}
     gen0, copies = {}, 0
     for view in spec.views:
         vkey = spec.view_key(view)
@@ -197,11 +196,11 @@ def assert_one_sound_entry(cache: SoftLabelCache, spec: EntrySpec, dataset: Data
         assert len(stems) == covered and all(len(names) <= WORKERS for names in stems.values())
         copies += len(shards) - covered
         manifest = cache.view_manifest(vkey)
-        for split in manifest["splits"].values():
-            for shard in split["shards"]:
-                raw = store.read_bytes(join(cache.view_uri(vkey), shard["file"]))
-                assert parse_view_file(shard["file"])[1] == shard["sha256"][:32]  # the name's digest...
-                assert len(raw) == shard["size"] and hashlib.sha256(raw).hexdigest() == shard["sha256"]  # ...the bytes
+        for split in manifest.splits.values():
+            for shard in split.shards:
+                raw = store.read_bytes(join(cache.view_uri(vkey), shard.file))
+                assert parse_view_file(shard.file)[1] == shard.sha256[:32]  # the name's digest...
+                assert len(raw) == shard.size and hashlib.sha256(raw).hexdigest() == shard.sha256  # ...the bytes
     assert copies > 0  # the workers really put different bytes for one shard (as two GPUs would)
     assert cache.verify(spec) == []
     fresh = SoftLabelCache(cache.root)
@@ -266,7 +265,7 @@ def test_a_lost_commit_race_reads_the_winner_and_overwrites_nothing(dataset, tmp
     manifests and entry are left byte for byte."""
     spec = entry_spec(dataset)
     winner = SoftLabelCache(str(tmp_path / "c"))
-    winner.write(spec, Teacher(), extra={"teacher_uri": "winner"})
+    winner.write(spec, Teacher(), teacher_uri="winner")
     before = {p: p.read_bytes() for p in Path(winner.root).rglob("*.json")}
 
     late = SoftLabelCache(winner.root)
@@ -284,11 +283,11 @@ def test_a_lost_commit_race_reads_the_winner_and_overwrites_nothing(dataset, tmp
         return created[-1][1]
 
     monkeypatch.setattr(store, "write_if_absent", create)
-    entry, stats = late.commit(spec, extra={"teacher_uri": "loser"})
+    entry, stats = late.commit(spec, teacher_uri="loser")
     assert [ok for _, ok in created] == [False] * (len(spec.views) + 1)  # every view's gen 0, then the entry's
     assert [u for u, _ in created] == [join(late.manifests_uri(spec.view_key(v)), "00000000.json")
                                        for v in spec.views] + [late.entry_uri(spec.key)]
-    assert entry["teacher_uri"] == "winner" and stats["views_computed"] == len(spec.views)
+    assert entry.teacher_uri == "winner" and stats["views_computed"] == len(spec.views)
     assert {p: p.read_bytes() for p in Path(winner.root).rglob("*.json")} == before
 
 
@@ -301,10 +300,10 @@ def test_a_generation_that_does_not_verify_is_passed_over(dataset, tmp_path):
     plain = spec.view_key(spec.views[0])
     garbage = join(cache.manifests_uri(plain), "00000000.json")
     cache.store.write_bytes(garbage, b'{"format": "kdflow.softlabels/5", "key": "%s", "splits": 7}' % plain.encode())
-    cache.commit(spec, extra={})
+    cache.commit(spec)
     assert cache.store.read_bytes(garbage).startswith(b'{"format"')
     assert cache.store.exists(join(cache.manifests_uri(plain), "00000001.json"))
-    assert cache.view_manifest(plain) == json.loads(cache.store.read_bytes(join(cache.manifests_uri(plain),
+    assert cache.view_manifest(plain).to_dict() == json.loads(cache.store.read_bytes(join(cache.manifests_uri(plain),
                                                                                 "00000001.json")))
     assert cache.verify(spec) == []
 
@@ -314,11 +313,11 @@ def test_a_damaged_entry_is_replaced(dataset, tmp_path):
     names the same views, so no reader can be misled)."""
     spec = entry_spec(dataset)
     cache = SoftLabelCache(str(tmp_path / "c"))
-    cache.write(spec, Teacher(), extra={})
+    cache.write(spec, Teacher())
     cache.store.write_bytes(cache.entry_uri(spec.key), b"\x00garbage")
     assert cache.lookup(spec.key) is None and cache.committed(spec.key)
     teacher = Teacher()
-    entry, stats = cache.write(spec, teacher, extra={})
+    entry, stats = cache.write(spec, teacher)
     assert teacher.calls == 0 and stats["views_computed"] == 0  # the views were sound: reused as they are
     assert SoftLabelCache(cache.root).lookup(spec.key) == entry and cache.verify(spec) == []
 
@@ -328,19 +327,19 @@ def test_healing_with_other_bytes_commits_the_next_generation(dataset, tmp_path)
     a new name; the view's next manifest names it, and the entry reads clean."""
     spec = entry_spec(dataset)
     cache = SoftLabelCache(str(tmp_path / "c"))
-    cache.write(spec, Teacher(), extra={})
+    cache.write(spec, Teacher())
     plain = spec.view_key(spec.views[0])
-    shard = cache.view_manifest(plain)["splits"]["val"]["shards"][1]
-    uri = join(cache.view_uri(plain), shard["file"])
+    shard = cache.view_manifest(plain).splits["val"].shards[1]
+    uri = join(cache.view_uri(plain), shard.file)
     raw = bytearray(cache.store.read_bytes(uri))
     raw[100] ^= 0x01
     cache.store.write_bytes(uri, bytes(raw))
-    assert cache.verify(spec) == [f"view {plain[:12]}: shard {shard['file']} is corrupt or not of its dataset shard"]
+    assert cache.verify(spec) == [f"view {plain[:12]}: shard {shard.file} is corrupt or not of its dataset shard"]
     again = Teacher(shift=0.5)
-    _, stats = cache.write(spec, again, extra={})
+    _, stats = cache.write(spec, again)
     assert again.calls == 1 and stats == {"views_computed": 1, "views_reused": 1}
-    fixed = cache.view_manifest(plain)["splits"]["val"]["shards"][1]
-    assert fixed["file"] != shard["file"] and cache.store.exists(join(cache.manifests_uri(plain), "00000001.json"))
+    fixed = cache.view_manifest(plain).splits["val"].shards[1]
+    assert fixed.file != shard.file and cache.store.exists(join(cache.manifests_uri(plain), "00000001.json"))
     assert cache.verify(spec) == []
     SoftLabelCache(cache.root).load_split(spec.key, "val", dataset.load_split("val").ids)
 
@@ -369,23 +368,23 @@ def test_a_corrupt_or_missing_shard_is_reported_refused_and_relabelled(tmp_path,
     before = {p.relative_to(cache_uri): p.read_bytes() for p in Path(cache_uri).rglob("*") if p.is_file()}
 
     plain, augmented = (spec.view_key(v) for v in spec.views[:2])
-    bad = cache.view_manifest(plain)["splits"]["test"]["shards"][0]
-    gone = cache.view_manifest(augmented)["splits"]["train"]["shards"][2]
-    bad_uri = join(cache.view_uri(plain), bad["file"])
+    bad = cache.view_manifest(plain).splits["test"].shards[0]
+    gone = cache.view_manifest(augmented).splits["train"].shards[2]
+    bad_uri = join(cache.view_uri(plain), bad.file)
     raw = bytearray(cache.store.read_bytes(bad_uri))
     raw[-3] ^= 0xFF
     cache.store.write_bytes(bad_uri, bytes(raw))
     assert SoftLabelCache(cache_uri).lookup(spec.key) is not None  # same size: the cheap check passes...
-    assert [p for p in cache.verify(spec) if bad["file"] in p]  # ...the full one does not
+    assert [p for p in cache.verify(spec) if bad.file in p]  # ...the full one does not
     dataset = DatasetManifest.open(data)
     with pytest.raises(CacheError, match="fails its digest check") as err:
         SoftLabelCache(cache_uri).load_shard(spec.key, "test", 0, dataset.read_shard("test", 0).ids)
     assert "re-run teacher inference" in err.value.fix
 
-    cache.store.delete(join(cache.view_uri(augmented), gone["file"]))
+    cache.store.delete(join(cache.view_uri(augmented), gone.file))
     assert SoftLabelCache(cache_uri).lookup(spec.key) is None  # a missing shard: not complete
     problems = cache.verify(spec)
-    assert any(gone["file"] in p and "missing" in p for p in problems) and any(bad["file"] in p for p in problems)
+    assert any(gone.file in p and "missing" in p for p in problems) and any(bad.file in p for p in problems)
 
     warned = []
     handler = logging.Handler()
@@ -397,7 +396,7 @@ def test_a_corrupt_or_missing_shard_is_reported_refused_and_relabelled(tmp_path,
     finally:
         logging.getLogger("kdflow.steps.teacher").removeHandler(handler)
     assert [s["shards_labelled"] for s in labelled] == [2]  # those two shards, nothing else
-    assert any("damaged" in w and bad["file"] in w and gone["file"] in w for w in warned), warned
+    assert any("damaged" in w and bad.file in w and gone.file in w for w in warned), warned
     assert not again.cache_hit and again.cache_key == first.cache_key
     assert cache.verify(spec) == []
     after = {p.relative_to(cache_uri): p.read_bytes() for p in Path(cache_uri).rglob("*") if p.is_file()}

@@ -11,7 +11,6 @@ waits to be killed; in the "any" attempt it goes on training and the kill lands 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import queue
@@ -27,18 +26,18 @@ import pytest
 import torch
 import yaml
 
+from kdflow.registry.tags import Tag
 from kdflow.config import Config
-from kdflow.errors import StorageError
-from kdflow.data.preprocess import preprocess
+from kdflow.util.errors import StorageError
 from kdflow.data.shards import DatasetManifest
 from kdflow.softlabels.ref import SoftLabelRef
-from kdflow.steps.distill import STUDENT_FILE, run_distillation, run_identity
-from kdflow.steps.teacher import run_teacher_inference
+from kdflow.steps.distill import STUDENT_FILE, DistillRun, run_distillation, run_identity
 from kdflow.training import checkpoints
 from kdflow.training.checkpoints import CHECKPOINT, CheckpointError
+from tests.helpers import hang_guard
 
 ROOT = Path(__file__).resolve().parents[2]
-HANG_S = 300  # a guard against a hung attempt, not a speed limit: past it the test fails
+HANG_S = 300  # a guard against a hung attempt (hang_guard scales it), not a speed limit: past it the test fails
 MARK = "@@"
 
 
@@ -54,7 +53,7 @@ def drive(spec_json: str) -> None:
     event named by ``pause`` it waits to be killed. Writes the step's result to ``result``."""
     spec = json.loads(spec_json)
     import kdflow.training.trainer as trainer
-    from kdflow import tracking
+    from kdflow.registry import tracking
 
     def mark(event: str) -> None:
         print(MARK + event, flush=True)
@@ -86,7 +85,7 @@ def drive(spec_json: str) -> None:
 
     def set_tags(tags):  # the model is logged and recorded on the run; the step has not returned
         real_set_tags(tags)
-        if tracking.Tag.MODEL_URI in tags:
+        if Tag.MODEL_URI in tags:
             mark("logged")
             hold("logged")
 
@@ -111,7 +110,7 @@ def _attempt(spec: dict, kill_on: str | None) -> list[str]:
     events = []
     try:
         while True:
-            line = lines.get(timeout=HANG_S)
+            line = lines.get(timeout=hang_guard(HANG_S))
             if line is None:
                 break
             if line.startswith(MARK):
@@ -124,7 +123,7 @@ def _attempt(spec: dict, kill_on: str | None) -> list[str]:
     finally:
         if proc.poll() is None and kill_on is None:
             proc.kill()
-        proc.wait(timeout=HANG_S)
+        proc.wait(timeout=hang_guard(HANG_S))
     if kill_on is None:
         assert proc.returncode == 0 and events[-1] == "done", log_path.read_text()[-3000:]
     elif proc.returncode == 0:
@@ -141,14 +140,14 @@ def _position(event: str) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def prepared(tiny_data, tiny_teacher, tiny_config_yaml, tmp_path_factory):
-    """The dataset, its soft labels in a local cache, an empty MLflow store to copy (creating one
-    costs seconds of migrations), and the uninterrupted reference run of the same step (in this
-    process: the attempts get its number of threads, so the same kernels sum in the same order)."""
+def prepared(tiny_labelled, tiny_config_yaml, tmp_path_factory):
+    """The dataset, its soft labels in a local cache (a copy of the shared ones: the checkpoints go
+    beside the cache), an empty MLflow store to copy (creating one costs seconds of migrations), and
+    the uninterrupted reference run of the same step (in this process: the attempts get its number of
+    threads, so the same kernels sum in the same order)."""
     root = tmp_path_factory.mktemp("preemption")
     text = _config(tiny_config_yaml)
-    preprocess(str(tiny_data), str(root / "ds"), Config.from_yaml(text).data)
-    run_teacher_inference(str(root / "ds"), tiny_teacher, text, str(root / "cache"), str(root / "ref"))
+    tiny_labelled.copy_to(root)  # root/ds, root/cache, root/ref
     mlflow.MlflowClient(f"sqlite:///{root / 'empty.db'}").search_experiments()  # creates the tables
     straight = _spec(root, "straight", text, 0)
     result = run_distillation(straight["dataset"], straight["ref"], text, straight["out"], straight["tracking"],
@@ -226,7 +225,7 @@ def test_a_killed_step_resumes_to_the_weights_and_the_run_of_an_uninterrupted_on
 def _identity_of(root: Path, text: str, pipeline_run: str) -> dict:
     cfg = Config.from_yaml(text)
     dataset, ref = DatasetManifest.open(str(root / "ds")), SoftLabelRef.load(str(root / "ref"))
-    return run_identity(dataset, ref, cfg, pipeline_run, "", "", "", 1)
+    return run_identity(dataset, ref, cfg, DistillRun(pipeline_run=pipeline_run), 1)
 
 
 def _planted(root: Path, text: str, pipeline_run: str, source: str) -> Path:
@@ -289,7 +288,7 @@ def test_fit_refuses_a_last_pt_of_another_run_or_schedule(tmp_path):
     with pytest.raises(CheckpointError, match=r"run\.pipeline_run \(checkpoint: p1, this run: p2\)"):
         train(cfg, {"pipeline_run": "p2"})
     with pytest.raises(CheckpointError, match=r"structure\.epochs \(checkpoint: 2, this run: 3\)"):
-        train(dataclasses.replace(cfg, epochs=3), {"pipeline_run": "p1"})
+        train(cfg.replace(epochs=3), {"pipeline_run": "p1"})
 
 
 @pytest.mark.parametrize("failure", [StorageError("S3 timed out reading last.pt", "retry"),
@@ -299,7 +298,7 @@ def test_a_checkpoint_storage_cannot_read_now_is_a_storage_error_not_a_broken_ch
     """A checkpoint kdflow cannot read because storage fails (an S3 outage, a volume's permissions) is
     kept: the error is the storage's, never "cannot be read ... delete it", which would throw away
     the preempted run's progress."""
-    from kdflow.storage import LocalStorage
+    from kdflow.storage.local import LocalStorage
 
     (tmp_path / CHECKPOINT).write_bytes(b"a checkpoint")
 

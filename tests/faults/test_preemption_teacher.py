@@ -25,9 +25,10 @@ from kdflow.data.preprocess import preprocess
 from kdflow.data.shards import DatasetManifest
 from kdflow.softlabels.ref import SoftLabelRef
 from kdflow.softlabels.shardfile import parse_view_file
+from tests.helpers import hang_guard
 
 ROOT = Path(__file__).resolve().parents[2]
-HANG_S = 240  # a guard against a hung attempt, not a speed limit
+HANG_S = 240  # a guard against a hung attempt (hang_guard scales it), not a speed limit
 
 
 def attempt(args_json: str) -> None:
@@ -36,7 +37,7 @@ def attempt(args_json: str) -> None:
     args = json.loads(args_json)
     from kdflow.softlabels.cache import SoftLabelCache
     from kdflow.steps.teacher import run_teacher_inference
-    from kdflow.storage import LocalStorage
+    from kdflow.storage.local import LocalStorage
 
     kill, log = args["kill"], open(args["log"], "a")
     counts = {"kdsl": 0, "created": 0}
@@ -103,7 +104,7 @@ class Runner:
     def killed_at(self, run: str, kill: list, cache: str) -> None:
         """Start an attempt, wait for its kill point, SIGKILL it."""
         proc, marker = self.start(run, kill, cache)
-        deadline = time.monotonic() + HANG_S
+        deadline = time.monotonic() + hang_guard(HANG_S)
         try:
             while not marker.exists():
                 assert proc.poll() is None, f"{run} ended before its kill point:\n" + \
@@ -116,7 +117,7 @@ class Runner:
 
     def finish(self, proc: subprocess.Popen, run: str) -> None:
         try:
-            assert proc.wait(timeout=HANG_S) == 0, (self.tmp / f"{run}.log").read_text()[-4000:]
+            assert proc.wait(timeout=hang_guard(HANG_S)) == 0, (self.tmp / f"{run}.log").read_text()[-4000:]
         finally:
             proc.kill()
 
@@ -136,7 +137,7 @@ def test_teacher_step_killed_anywhere_resumes_and_ends_with_the_uninterrupted_en
     config = tiny_config_yaml.replace("data: {", "data: {shard_size: 6, ")
     data = str(preprocess(str(tiny_data), str(tmp_path / "ds"), Config.from_yaml(config).data).root)
     dataset = DatasetManifest.open(data)
-    units = {split: len(info["shards"]) for split, info in dataset.data["splits"].items()}
+    units = {split: len(info.shards) for split, info in dataset.splits.items()}
     total = sum(units.values()) + 2 * units["train"]  # the plain view of every shard, 2 augmented of train's
     assert units["train"] >= 4 and total >= 15
     runner = Runner(tmp_path, [data, tiny_teacher, config])

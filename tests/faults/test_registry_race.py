@@ -23,17 +23,19 @@ import pytest
 
 from kdflow.registry.history import parse_events, replay
 from kdflow.registry.lock import HOLDER_TAG, SINCE_TAG, lock_name, registry_lock
-from kdflow.steps.champion import CHAMPION
-from kdflow.tracking import Tag
-from tests.helpers import ROOT
+from kdflow.registry.aliases import CHAMPION
+from kdflow.registry.tags import Tag
+from tests.helpers import ROOT, hang_guard
 
-HANG_GUARD_S = 240  # a worker still running after this is stuck (a lost lock): fail, never wait forever
+# A worker still running after hang_guard(this) is stuck (a lost lock): fail, never wait forever. A guard
+# only: a worker takes seconds on an idle machine, minutes on a loaded one.
+HANG_GUARD_S = 300
 
 WORKER = r"""
 import json, sys, time
 from pathlib import Path
 
-barrier, me, run_id, uri, auto, config = sys.argv[1:7]
+barrier, me, run_id, uri, auto, config, guard = sys.argv[1:8]
 import mlflow  # the slow imports, before the barrier
 from mlflow import MlflowClient
 from kdflow.steps.register import run_registration
@@ -50,7 +52,7 @@ class Waiting(logging.Handler):  # tells the test this worker found the lock hel
 logging.getLogger("kdflow.registry.lock").addHandler(Waiting())
 
 Path(barrier, f"ready-{me}").touch()
-deadline = time.monotonic() + 120
+deadline = time.monotonic() + float(guard)  # the others may take minutes to import on a loaded machine
 while not Path(barrier, "go").exists():
     if time.monotonic() > deadline:
         sys.exit("no go signal")
@@ -68,15 +70,19 @@ def config(name: str) -> str:
 
 
 def passing_run(uri: str, experiment: str) -> str:
-    """A run as evaluation leaves it for registration: gate passed, a model folder, test predictions
-    (every student equally good, so each promotion passes the champion check against any other)."""
+    """A run as evaluation leaves it for registration: its config, gate passed, a model folder, test
+    predictions (every student equally good, so each promotion passes the champion check against any
+    other). The config matters on the server: promotion reads it, and MLflow retries a missing proxied
+    artifact (the server answers 500) for minutes before giving up."""
     import mlflow
 
-    from kdflow import tracking
+    from kdflow.config import Config
+    from kdflow.registry import tracking
     from kdflow.evaluation.record import Predictions
 
     tracking.use_tracking(uri)
     with mlflow.start_run(experiment_id=tracking.experiment_id(experiment, uri)) as run:
+        mlflow.log_text(Config().to_yaml(), "config.yaml")  # as tracking.log_config logs every distill run's
         mlflow.set_tags({Tag.GATE_PASSED: "true", Tag.GATE: "passed", Tag.PROMOTABLE: "true"})
         mlflow.log_text("flavors: {}\n", "model/MLmodel")  # what register_model looks for under runs:/
         top1 = np.where(np.arange(200) % 20 == 0, (LABELS + 1) % 10, LABELS)
@@ -100,11 +106,12 @@ def race(tmp_path: Path, uri: str, jobs: list[tuple[str, bool, str]], hold: str 
     barrier = tmp_path / f"barrier-{time.monotonic_ns()}"
     barrier.mkdir()
     env = {**os.environ, "PYTHONPATH": ROOT}
+    guard = hang_guard(HANG_GUARD_S)
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(barrier), str(i), run_id, uri, "1" if auto else "0",
-                               cfg], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cfg, str(guard)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i, (run_id, auto, cfg) in enumerate(jobs)]
     try:
-        deadline = time.monotonic() + HANG_GUARD_S
+        deadline = time.monotonic() + guard
         while len(list(barrier.glob("ready-*"))) < len(procs):
             dead = [p for p in procs if p.poll() is not None]
             assert not dead, dead[0].communicate()[1][-3000:]
@@ -122,7 +129,7 @@ def race(tmp_path: Path, uri: str, jobs: list[tuple[str, bool, str]], hold: str 
                 assert time.monotonic() < deadline, "workers never waited for the held lock"
                 time.sleep(0.05)
             client.delete_registered_model(lock_name(hold))  # released: now they race for it
-        outputs = [p.communicate(timeout=HANG_GUARD_S) for p in procs]
+        outputs = [p.communicate(timeout=guard) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -187,7 +194,7 @@ def test_registrations_and_promotions_of_different_runs_at_once_lose_nothing(tmp
 def test_a_dead_holders_lock_is_broken_and_a_live_one_waited_for(tmp_path, caplog):
     """A lock left by a process that died (older than the TTL) is broken with a warning; one held by
     a live holder makes a waiter give up after its timeout with the fix, and stays in place."""
-    from kdflow.errors import KdflowError
+    from kdflow.util.errors import KdflowError
     from kdflow.steps.register import run_registration
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

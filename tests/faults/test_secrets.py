@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from kdflow.config import Config
-from kdflow.errors import ConfigError
-from kdflow.redact import credential_uris, has_credentials, redact_text, redact_uri
-from tests.helpers import cli_in_process, run_kdflow
+from kdflow.util.errors import ConfigError
+from kdflow.util.redact import credential_uris, has_credentials, redact_text, redact_uri
+from tests.helpers import cli_in_process, hang_guard, run_kdflow
 
 SECRET = "KDFLOW-PLANTED-SECRET-7f3a"
 # Every variable a secret reaches kdflow, MLflow, boto3 or kfp through (each a distinct value, so a
@@ -211,8 +211,8 @@ def test_what_kdflow_records_and_logs_is_redacted(tmp_path, monkeypatch, capsys)
     and log lines carry no credentials, and no secret value of the environment."""
     import mlflow
 
-    from kdflow import tracking
-    from kdflow.logs import RedactingFormatter
+    from kdflow.registry import tracking
+    from kdflow.util.logs import RedactingFormatter
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", f"{SECRET}-aws")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -289,7 +289,7 @@ def test_secrets_mapped_to_any_variable_name_are_masked(monkeypatch):
 
 UNCAUGHT = f"""
 import os, threading
-from kdflow.logs import setup_logging
+from kdflow.util.logs import setup_logging
 
 setup_logging()
 url = "http://alice:" + "{SECRET}" + "-pw@mlflow.example.com/api/2.0/mlflow/runs/get"
@@ -325,7 +325,8 @@ def test_an_uncaught_exception_is_printed_redacted(script):
     import sys
 
     env = {**os.environ, "DB_PASSWORD": f"{SECRET}-db"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=hang_guard(120))
     assert done.returncode == 1, done.stderr
     assert "Traceback" in done.stderr and "RuntimeError" in done.stderr
     assert SECRET not in done.stdout + done.stderr
@@ -368,31 +369,31 @@ def test_credentials_of_an_environment_tracking_uri_never_reach_mlflow_or_stdout
     import subprocess
 
     uri = mlflow_server.replace("http://", f"http://kdflow-user:{SECRET}-mlflow@")
-    code = ("import mlflow; from kdflow.logs import setup_logging; from kdflow import tracking; setup_logging(); "
+    code = ("import mlflow; from kdflow.util.logs import setup_logging; from kdflow.registry import tracking; setup_logging(); "
             "uri = tracking.use_tracking(None); print('using', uri); "
             "exp = tracking.experiment_id('secret-env-uri', uri); "
             "run = mlflow.start_run(experiment_id=exp); mlflow.log_param('p', 1); mlflow.end_run(); print('ok')")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     env.pop("MLFLOW_TRACKING_USERNAME", None)
     env.pop("MLFLOW_TRACKING_PASSWORD", None)
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=hang_guard(180))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines()[-1] == "ok"
     assert f"using {mlflow_server}" in done.stdout  # MLflow was given the URI without user-info
     assert SECRET not in done.stdout + done.stderr
 
 
-def test_the_sweep_records_its_files_and_error_redacted(tmp_path, monkeypatch, tiny_data, tiny_config_yaml):
+def test_the_sweep_records_its_files_and_error_redacted(tmp_path, monkeypatch, tiny_labelled, tiny_config_yaml):
     """start_sweep logs the sweep file, the plan and the labelling config to the parent run; close_sweep
     puts the pipeline's error text into tags: with a URI token and a secret value in them, none is kept."""
     import mlflow
     from mlflow import MlflowClient
 
-    from kdflow.steps.preprocess import run_preprocess
     from kdflow.steps.sweep import close_sweep, start_sweep
     from kdflow.sweep.plan import expand
     from kdflow.sweep.spec import SweepSpec
-    from kdflow.tracking import SweepTag
+    from kdflow.registry.tags import SweepTag
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", f"{SECRET}-aws")
@@ -400,8 +401,7 @@ def test_the_sweep_records_its_files_and_error_redacted(tmp_path, monkeypatch, t
             "data_uri": f"/data/{SECRET}-aws"}
     plan = expand(SweepSpec.from_dict({"config": base, "parameters": {"train.seed": [0, 1]}}), Config.from_dict(base))
     cfg_yaml = plan.labelling_config().to_yaml()
-    dataset = tmp_path / "dataset"
-    run_preprocess(str(tiny_data), cfg_yaml, str(dataset))
+    dataset = tiny_labelled.dataset  # the tiny data preprocessed with these data settings
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     started = start_sweep(str(dataset), cfg_yaml, plan.to_json(), uri, pipeline_run="p1", sweep_id="s1")
     error = f"task distill failed: API request to http://u:{SECRET}@mlflow:5000/api failed, key {SECRET}-aws"

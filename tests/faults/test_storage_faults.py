@@ -11,14 +11,16 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from kdflow.s3storage import S3Storage
+from kdflow.storage.s3 import S3Storage
 from kdflow.storage import join, storage_for
 from tests.faults.s3proxy import KINDS, FaultProxy
-from tests.helpers import upload_folder
+from tests.helpers import hang_guard, upload_folder
 
 # The client's read timeout in these tests (KDFLOW_S3_READ_TIMEOUT), and the proxy's stall beyond it.
+# Short, so a stall costs little, but scaled with the machine's load (hang_guard): an answer that a busy
+# machine is merely slow to give must not read as a stall.
 READ_TIMEOUT_S = 2.0
-DELAY_S = 3.0
+STALL_MARGIN_S = 1.0
 # More attempts than the default 5: on a loaded CI machine the S3 server itself stalls now and then
 # past the short read timeout, on top of the scheduled faults.
 ATTEMPTS = 8
@@ -34,9 +36,10 @@ def faulty_s3(s3_bucket, s3_server, monkeypatch, tmp_path):
     """(proxy, bucket): AWS_ENDPOINT_URL points at the fault proxy in front of the S3 server."""
     from kdflow.data import source, stream
 
-    proxy = FaultProxy(s3_server, SCHEDULE, delay_s=DELAY_S)
+    read_timeout = hang_guard(READ_TIMEOUT_S)
+    proxy = FaultProxy(s3_server, SCHEDULE, delay_s=read_timeout + STALL_MARGIN_S)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.start())
-    monkeypatch.setenv("KDFLOW_S3_READ_TIMEOUT", str(READ_TIMEOUT_S))
+    monkeypatch.setenv("KDFLOW_S3_READ_TIMEOUT", str(read_timeout))
     monkeypatch.setenv("KDFLOW_S3_MAX_ATTEMPTS", str(ATTEMPTS))
     # A listing of a few dozen keys is then several pages, so faults fall mid-listing too.
     monkeypatch.setattr(S3Storage, "page_size", 7)
@@ -130,7 +133,7 @@ def test_persistent_faults_end_in_a_storage_error_naming_the_uri(s3_server, s3_b
     """Retries are bounded: a service that keeps failing gives a StorageError naming the URI and
     the fix after KDFLOW_S3_MAX_ATTEMPTS, for request errors (botocore's retries) and for bodies
     that break mid-read (kdflow's own)."""
-    from kdflow.errors import StorageError
+    from kdflow.util.errors import StorageError
 
     _direct(s3_server).put_object(Bucket=s3_bucket, Key="k/obj.bin", Body=b"x" * 1000)
     monkeypatch.setenv("KDFLOW_S3_MAX_ATTEMPTS", "2")

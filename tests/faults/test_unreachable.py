@@ -8,6 +8,7 @@ connections but never answers (only a read timeout ends the wait). The four proc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -15,14 +16,10 @@ import sys
 
 import pytest
 
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, closed_port, hang_guard
 
-GUARD_S = 90  # a hang guard only: the checks end within about a dozen seconds
+GUARD_S = 90  # a hang guard's base (hang_guard scales it): the checks end within about a dozen seconds
 SECRET = "team-alpha-7f3c"  # a query value in the tracking URI: must never be printed
-
-
-def _closed_port() -> int:
-    return free_port()  # bound, then closed: nothing listens there
 
 
 def _silent_listener() -> socket.socket:
@@ -49,9 +46,10 @@ CLI = "from kdflow.cli import entrypoint; entrypoint()"
 def outcomes(tiny_config_yaml, tmp_path_factory):
     """Each case's (exit status, stdout + stderr, the URI the error must name), run concurrently."""
     silent_s3, silent_mlflow = _silent_listener(), _silent_listener()
-    s3_closed = f"http://127.0.0.1:{_closed_port()}"
+    ports = contextlib.ExitStack()  # the closed ports stay bound (and refusing) until every case ended
+    s3_closed = f"http://127.0.0.1:{ports.enter_context(closed_port())}"
     s3_silent = f"http://127.0.0.1:{silent_s3.getsockname()[1]}"
-    ml_closed = f"http://127.0.0.1:{_closed_port()}"
+    ml_closed = f"http://127.0.0.1:{ports.enter_context(closed_port())}"
     ml_silent = f"http://127.0.0.1:{silent_mlflow.getsockname()[1]}/mlflow"
     out = tmp_path_factory.mktemp("unreachable")
     cases = {
@@ -67,13 +65,14 @@ def outcomes(tiny_config_yaml, tmp_path_factory):
     procs = {name: subprocess.Popen(cmd, env=env, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True) for name, (cmd, env, _) in cases.items()}
     results = {}
+    guard = hang_guard(GUARD_S)
     try:
         for name, proc in procs.items():
             try:
-                text, _ = proc.communicate(timeout=GUARD_S)
+                text, _ = proc.communicate(timeout=guard)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                text = proc.communicate()[0] + f"\n[HUNG: killed after the {GUARD_S} s guard]"
+                text = proc.communicate()[0] + f"\n[HUNG: killed after the {guard:.0f} s guard]"
             results[name] = (proc.returncode, text, cases[name][2])
     finally:
         for proc in procs.values():
@@ -81,6 +80,7 @@ def outcomes(tiny_config_yaml, tmp_path_factory):
                 proc.kill()
         silent_s3.close()
         silent_mlflow.close()
+        ports.close()
     return results
 
 
@@ -114,8 +114,8 @@ def test_mlflow_unreachable_fails_the_command_with_the_redacted_uri_and_the_fix(
 def test_tracking_store_that_cannot_be_written_is_a_clear_error(tmp_path):
     """A sqlite or file store where no folder can be made (here: below a regular file): the error
     names the store, before MLflow creates anything."""
-    from kdflow.errors import KdflowError
-    from kdflow.tracking import use_tracking
+    from kdflow.util.errors import KdflowError
+    from kdflow.registry.tracking import use_tracking
 
     (tmp_path / "blocker").write_text("a file, not a folder")
     for uri in (f"sqlite:///{tmp_path}/blocker/runs/mlflow.db", f"file://{tmp_path}/blocker/mlruns"):

@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from kdflow import __version__
-from kdflow.errors import ConfigError
+from kdflow.util.errors import ConfigError
 from kdflow.pipelines.local import compile_pipeline
-from kdflow.platform import Platform
+from kdflow.config.platform import Platform
 
 pytestmark = pytest.mark.pipeline
 

@@ -13,7 +13,7 @@ import yaml
 
 from kdflow.pipelines import local
 from tests.fake_kfp import FakeKFP
-from tests.helpers import free_port
+from tests.helpers import closed_port
 
 pytestmark = pytest.mark.pipeline
 
@@ -487,5 +487,6 @@ def test_schedule_without_cron_and_submit_without_an_http_host_are_refused(clust
 
 
 def test_an_unreachable_host_is_exit_2_with_the_fix(cluster, compiles, capsys):
-    code, _, err = kdflow(capsys, "submit", "--host", f"http://127.0.0.1:{free_port()}", *URIS)
+    with closed_port() as port:
+        code, _, err = kdflow(capsys, "submit", "--host", f"http://127.0.0.1:{port}", *URIS)
     assert code == 2 and "cannot reach Kubeflow Pipelines" in err and "--host" in err

@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from kdflow import __version__
-from kdflow.errors import ConfigError
-from kdflow.platform import Platform
-from kdflow.trainjob import (CONFIG_ENV, JobFailed, JobInputs, JobTimeout, Kubectl, build_job, job_state,
+from kdflow.util.errors import ConfigError
+from kdflow.config.platform import Platform
+from kdflow.cluster.trainjob import (CONFIG_ENV, JobFailed, JobInputs, JobTimeout, Kubectl, build_job, job_state,
                              submit_and_wait)
 
 pytestmark = pytest.mark.pipeline
@@ -235,10 +235,11 @@ def test_the_step_submits_waits_and_reads_back_rank_zeros_result(tmp_path):
         (tmp_path / "model" / step.RESULT_FILE).write_text(json.dumps({"run_id": "r1", "model_uri": "runs:/r1/m"}))
 
     api = FakeApi([[{"type": "Complete", "status": "True"}]], on_create=rank_zero_finishes)
-    result = step.run_trainjob("s3://b/d", "s3://b/l", CONFIG, out, "", f"kdflow/kdflow-gpu:{__version__}",
-                               namespace="ml", num_nodes=2, gpus_per_node=4, api=api,
-                               platform_yaml="gpu_resource: nvidia.com/gpu\ngpus_per_step: 1\n",
-                               pipeline_run_id="uuid-7")
+    result = step.run_trainjob(
+        step.JobData(dataset_uri="s3://b/d", soft_labels_uri="s3://b/l", config_yaml=CONFIG, out_uri=out),
+        step.JobPlacement(image=f"kdflow/kdflow-gpu:{__version__}", namespace="ml", num_nodes=2, gpus_per_node=4,
+                          platform_yaml="gpu_resource: nvidia.com/gpu\ngpus_per_step: 1\n"),
+        step.JobRun(pipeline_run_id="uuid-7"), api=api)
     body = api.created[0][4]
     assert result == {"run_id": "r1", "model_uri": "runs:/r1/m", "job": f"TrainJob/ml/{body['metadata']['name']}"}
     # The workers scope their checkpoints by the pipeline run's unique id (kdflow.steps.distill).
@@ -248,8 +249,9 @@ def test_the_step_submits_waits_and_reads_back_rank_zeros_result(tmp_path):
     # A job that "succeeds" without rank 0's file is not taken for a trained model.
     api = FakeApi([[{"type": "Complete", "status": "True"}]])
     with pytest.raises(Exception, match="wrote no"):
-        step.run_trainjob("s3://b/d", "s3://b/l", CONFIG, f"file://{tmp_path}/other", "", "img:1", namespace="ml",
-                          api=api)
+        step.run_trainjob(step.JobData(dataset_uri="s3://b/d", soft_labels_uri="s3://b/l", config_yaml=CONFIG,
+                                       out_uri=f"file://{tmp_path}/other"),
+                          step.JobPlacement(image="img:1", namespace="ml"), api=api)
 
 
 def test_the_node_entry_runs_distillation_with_the_env_config_and_a_fetched_reference(tmp_path, monkeypatch):
@@ -338,7 +340,9 @@ def test_a_retried_task_adopts_the_job_of_its_preempted_attempt_and_takes_its_ou
             return {**job, "spec": {"trainer": {"args": ["-m", "x", "--out", first]}}}
 
     api = AdoptedJob([[{"type": "Complete", "status": "True"}]])
-    result = step.run_trainjob(*inputs[:3], retry, "", "img:1", namespace="ml", api=api, pipeline_run_id="uuid-7")
+    data = step.JobData(dataset_uri=inputs[0], soft_labels_uri=inputs[1], config_yaml=inputs[2], out_uri=retry)
+    result = step.run_trainjob(data, step.JobPlacement(image="img:1", namespace="ml"),
+                               step.JobRun(pipeline_run_id="uuid-7"), api=api)
     assert api.created == [] and api.deleted == []  # waited for the existing job: nothing submitted
     assert result["run_id"] == "r1"
     assert (tmp_path / "attempt-2" / "student.pt").read_bytes() == b"weights"

@@ -4,11 +4,11 @@ import pytest
 import torch
 import yaml
 
-from kdflow.data.preprocess import preprocess
 from kdflow.config import Config
-from kdflow.errors import KdflowError
+from kdflow.util.errors import KdflowError
 from kdflow.models.loading import TeacherSource, load_checkpoint
 from kdflow.steps import adapt
+from kdflow.training import supervised
 
 
 def _config(tiny_config_yaml, **teacher):
@@ -18,9 +18,8 @@ def _config(tiny_config_yaml, **teacher):
 
 
 @pytest.fixture()
-def dataset_dir(tmp_path, tiny_data, tiny_config_yaml):
-    preprocess(str(tiny_data), str(tmp_path / "ds"), Config.from_yaml(tiny_config_yaml).data)
-    return str(tmp_path / "ds")
+def dataset_dir(tiny_labelled):
+    return str(tiny_labelled.dataset)  # read only: adaptation writes to the cache it is given
 
 
 def test_off_by_default_hands_the_teacher_on_unchanged(dataset_dir, tiny_teacher, tiny_config_yaml, tmp_path):
@@ -42,7 +41,8 @@ def test_adapts_once_then_reuses(dataset_dir, tiny_teacher, tiny_config_yaml, tm
     assert TeacherSource(out["teacher_uri"]).digest() != TeacherSource(tiny_teacher).digest()
     assert 0 <= out["val_accuracy_after"] <= 1
 
-    monkeypatch.setattr(adapt, "train_supervised", lambda *a, **k: pytest.fail("trained again"))
+    # The step imports the trainer when it runs (lazily): patch it where it lives.
+    monkeypatch.setattr(supervised, "train_supervised", lambda *a, **k: pytest.fail("trained again"))
     again = adapt.run_adaptation(dataset_dir, tiny_teacher, config, str(tmp_path / "cache"))
     assert again == {"teacher_uri": out["teacher_uri"], "adapted": True, "reused": True}
     # The student's own training settings do not make another teacher (one cache for every seed)...
@@ -51,7 +51,7 @@ def test_adapts_once_then_reuses(dataset_dir, tiny_teacher, tiny_config_yaml, tm
     assert adapt.run_adaptation(dataset_dir, tiny_teacher, yaml.safe_dump(data), str(tmp_path / "cache")) == again
     # ...other fine-tuning settings do.
     other = _config(tiny_config_yaml, adapt_epochs=1, adapt_lr=0.02)
-    monkeypatch.setattr(adapt, "train_supervised", lambda model, *a, **k: model)
+    monkeypatch.setattr(supervised, "train_supervised", lambda model, *a, **k: model)
     assert adapt.run_adaptation(dataset_dir, tiny_teacher, other, str(tmp_path / "cache"))["teacher_uri"] != \
         out["teacher_uri"]
 

@@ -6,7 +6,7 @@ import torch
 
 from kdflow.config import AugmentConfig, Config
 from kdflow.data.shards import SplitArrays
-from kdflow.errors import ConfigError
+from kdflow.util.errors import ConfigError
 from kdflow.training import augment
 from kdflow.training.batches import ArrayBatches
 from tests.helpers import class_image

@@ -3,9 +3,9 @@
 import pytest
 
 from kdflow.config import Config
-from kdflow.lineage import Lineage, config_hash
+from kdflow.registry.lineage import Lineage, config_hash
 from kdflow.steps.champion import UNCHANGED_PREFIX, decide_retraining, unchanged_output
-from kdflow.tracking import Tag
+from kdflow.registry.tags import Tag
 
 CONFIG = "registry: {model_name: sched-student}\ntrain: {epochs: 3}\n"
 FINGERPRINT, TEACHER = "f" * 64, "t" * 64
@@ -33,12 +33,11 @@ def test_config_hash_ignores_where_things_are_but_not_what_is_computed():
 
 
 def test_config_hash_ignores_how_the_student_is_judged():
-    import dataclasses
 
     base = Config.from_yaml(CONFIG)
-    judged = base.replace(gate=dataclasses.replace(base.gate, max_mia_auc=0.6),
-                          evaluate=dataclasses.replace(base.evaluate, bootstrap=200),
-                          registry=dataclasses.replace(base.registry, alias="candidate"))
+    judged = base.replace(gate=base.gate.replace(max_mia_auc=0.6),
+                          evaluate=base.evaluate.replace(bootstrap=200),
+                          registry=base.registry.replace(alias="candidate"))
     assert config_hash(judged) == config_hash(base)
 
 
@@ -102,7 +101,7 @@ def test_steps_use_the_tracking_servers_registry_whatever_the_environment_says(t
     the champion check must use the registry of the run's own tracking URI."""
     import mlflow
 
-    from kdflow import tracking
+    from kdflow.registry import tracking
 
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", "http://127.0.0.1:9")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

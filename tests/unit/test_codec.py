@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdflow.errors import KdflowError
+from kdflow.util.errors import KdflowError
 from kdflow.softlabels.codec import compress, decode, dense, encode
 
 FIELDS = ("values", "index", "tail_lse", "tail_mean")

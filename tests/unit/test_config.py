@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from kdflow.config import Config
-from kdflow.errors import ConfigError
+from kdflow.util.errors import ConfigError
 
 
 def test_defaults_round_trip_through_yaml():

@@ -15,7 +15,7 @@ KFP_OUTPUT = """\
 21:00:01.500 - INFO - Task \x1b[96m'preprocess'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m
 21:00:01.600 - INFO - Executing task 'teacher-inference'
     Traceback (most recent call last):
-    kdflow.errors.KdflowError: the teacher's top-1 on the test split is 0.3333
+    kdflow.util.errors.KdflowError: the teacher's top-1 on the test split is 0.3333
 21:00:02.000 - ERROR - Task 'teacher-inference' finished with status FAILURE
 """
 

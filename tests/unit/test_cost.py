@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdflow.errors import KdflowError
+from kdflow.util.errors import KdflowError
 from kdflow.evaluation.cost import ModelCost, measure_pair, on_cpu, speedups
 from kdflow.models import Classifier, create_model
 

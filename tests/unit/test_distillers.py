@@ -7,12 +7,11 @@ import torch
 from click.testing import CliRunner
 
 from kdflow.distillers import build_distiller, describe_distillers, get_distiller_class, list_distillers
-from kdflow.errors import ConfigError, KdflowError
+from kdflow.util.errors import ConfigError, KdflowError
 from kdflow.losses import dist_terms, dkd_terms, hint_loss, kd_loss, standardize
 from kdflow.models import Classifier, create_model
 from kdflow.softlabels.cache import SoftRows
 from kdflow.softlabels.codec import compress
-from kdflow.typed import from_dict
 
 C = 10
 NORM = ([0.5] * 3, [0.25] * 3)
@@ -20,7 +19,7 @@ HINT = {"pairs": [{"teacher": "layer2", "student": "stages.1", "weight": 10.0}]}
 
 
 def _options(method, opts):
-    return from_dict(get_distiller_class(method).Options, opts, "distill.options")
+    return get_distiller_class(method).Options.from_dict(opts, "distill.options")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +59,7 @@ def test_offline_at_full_k_equals_online(method, opts, nets):
     """Cached rows at k = C and the teacher in the loop give the same loss and the same gradients."""
     teacher, student, x, y = nets
     options = _options(method, opts)
-    assert not get_distiller_class(method).requires_online(options)
+    assert not options.requires_online()
     online = build_distiller(method, copy.deepcopy(student), teacher, options).train()
     offline = build_distiller(method, copy.deepcopy(student), None, options).train()
     with torch.no_grad():
@@ -134,7 +133,7 @@ def test_kd_and_dkd_losses_are_the_pure_functions(nets):
 def test_hint_trains_its_connectors_and_the_student_keeps_none(nets):
     teacher, student, x, y = nets
     hint = build_distiller("hint", copy.deepcopy(student), teacher, _options("hint", HINT))
-    assert get_distiller_class("hint").requires_online(hint.options)
+    assert hint.options.requires_online()
     hint.prepare(x[:4])
     connector = hint.connectors["0"]
     before = {k: v.clone() for k, v in connector.state_dict().items()}
@@ -229,7 +228,7 @@ def test_combined_mixes_the_parts_terms_under_global_weights(nets):
     opts = _options("combined", {"weights": {"dkd": 1.0, "hint": 0.5}, "ce_weight": 0.5,
                                  "methods": {"dkd": {"warmup_epochs": 0},
                                              "hint": {"pairs": [{"teacher": "net.layer2", "student": "stages.1"}]}}})
-    assert get_distiller_class("combined").requires_online(opts)
+    assert opts.requires_online()
     combined = build_distiller("combined", copy.deepcopy(student), counting, opts)
     combined.prepare(x[:4])
     assert "extras.hint.connectors.0.proj.0.weight" in combined.checkpoint_state()
@@ -282,17 +281,28 @@ def test_config_round_trips_every_method():
         assert cfg.teacher_mode() == {"ce": "none", "hint": "online"}.get(method, "offline")
 
 
-def test_config_load_checks_what_would_fail_later():
-    """Bad input is refused when the config loads, before a teacher runs or an MLflow run starts."""
+def test_preflight_checks_layer_names_against_the_models():
+    """Layer names need the networks: the pre-flight checks them (kdflow.distillers.preflight), not
+    the torch-free config loader, which accepts any name."""
     from kdflow.config import Config
+    from kdflow.distillers.preflight import check_models
 
     hint = {"method": "hint", "options": {"pairs": [{"teacher": "layer2", "student": "stage.1"}]}}
+    cfg = Config.from_dict({"student": {"arch": "convnet_xs"}, "distill": hint})  # loads: no models built
     with pytest.raises(ConfigError, match=r"student \(convnet_xs, distill.options.pairs\[0\].student\)"):
-        Config.from_dict({"student": {"arch": "convnet_xs"}, "distill": hint})
+        check_models(cfg)
     hint["options"]["pairs"][0].update(student="stages.1", teacher="layer9")
     with pytest.raises(ConfigError, match=r"teacher \(resnet8, distill.options.pairs\[0\].teacher\)"):
-        Config.from_dict({"teacher": {"arch": "resnet8"}, "distill": hint})
-    Config.from_dict({"distill": hint})  # no teacher.arch: the teacher's names are checked when it loads
+        check_models(Config.from_dict({"teacher": {"arch": "resnet8"}, "distill": hint}))
+    check_models(Config.from_dict({"distill": hint}))  # no teacher.arch: its names are checked when it loads
+    combined = {"method": "combined", "options": {"weights": {"hint": 1.0}, "methods": {"hint": hint["options"]}}}
+    with pytest.raises(ConfigError, match=r"teacher \(resnet8, distill.options.methods.hint.pairs\[0\].teacher\)"):
+        check_models(Config.from_dict({"teacher": {"arch": "resnet8"}, "distill": combined}))
+
+
+def test_config_load_checks_what_would_fail_later():
+    """Bad input that needs no model is refused when the config loads, before anything runs."""
+    from kdflow.config import Config
 
     dkd = {"method": "dkd", "options": {"warmup_epochs": 6}}
     with pytest.raises(ConfigError, match="warmup_epochs is 6 but train.epochs is 5"):

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdflow.errors import KdflowError
-from kdflow.export import FORMATS, ExportCheck, export_model, verify_export
+from kdflow.util.errors import KdflowError
+from kdflow.evaluation.export import FORMATS, ExportCheck, export_model, verify_export
 from kdflow.models import Classifier, create_model
 
 SHAPE = (3, 16, 16)  # (C, H, W)

@@ -4,8 +4,8 @@ import pytest
 from kdflow.config import EvaluateConfig, GateConfig
 from kdflow.evaluation.record import Predictions
 from kdflow.evaluation.teacher_floor import teacher_floor_error
-from kdflow.gate import Verdict, absolute_checks, champion_check, stricter
-from kdflow.tracking import Tag
+from kdflow.evaluation.gate import Verdict, absolute_checks, champion_check, stricter
+from kdflow.registry.tags import Tag
 
 EV = EvaluateConfig(bootstrap=1000, seed=0)
 BASE = {"student_top1": 0.95, "teacher_top1": 0.97, "agreement": 0.96}

@@ -10,7 +10,7 @@ from kdflow.config import Config, DataConfig
 from kdflow.data.groups import band_plan, close_pairs, near_duplicate_labels, phash, popcount, regex_keys
 from kdflow.data.preprocess import preprocess
 from kdflow.data.split import SampleTable
-from kdflow.errors import ConfigError
+from kdflow.util.errors import ConfigError
 from kdflow.steps.preprocess import run_preprocess
 from tests.helpers import make_image_folder, png_bytes
 
@@ -130,7 +130,7 @@ def test_phash_keeps_the_frames_of_a_track_in_one_split(tmp_path):
     cfg = DataConfig(image_size=32, val_fraction=0.2, test_fraction=0.2, seed=0, group_by="phash")
     ds = preprocess(str(root), str(tmp_path / "out"), cfg)
     # 18 tracks of 5 frames and 30 unrelated pictures: 48 groups, none merged, none torn apart.
-    assert ds.data["report"]["groups"] == 18 + 30 and ds.data["report"]["largest_group"] == 5
+    assert ds.report.groups == 18 + 30 and ds.report.largest_group == 5
     where = _split_by_rel(ds, root)
     tracks: dict[str, set] = {}
     for rel, split in where.items():
@@ -146,9 +146,9 @@ def test_phash_keeps_the_frames_of_a_track_in_one_split(tmp_path):
     torn = {track_of[rel] for rel in plain if "/t" in rel
             if len({plain[r] for r in plain if track_of[r] == track_of[rel]}) > 1}
     assert len(torn) >= 9
-    assert ds.data["spec"]["split"] == {"method": "sha256-unit/1", "val_fraction": 0.2, "test_fraction": 0.2,
-                                        "seed": 0, "group_by": "phash", "group_hash": "phash-dct-64/1",
-                                        "group_distance": 6}
+    assert ds.spec.split == {"method": "sha256-unit/1", "val_fraction": 0.2, "test_fraction": 0.2,
+                             "seed": 0, "group_by": "phash", "group_hash": "phash-dct-64/1",
+                             "group_distance": 6}
 
 
 def test_regex_groups_by_the_captured_text(tmp_path):
@@ -158,11 +158,11 @@ def test_regex_groups_by_the_captured_text(tmp_path):
     cfg = DataConfig(image_size=8, val_fraction=0.2, test_fraction=0.2, seed=0, group_by="regex",
                      group_pattern=r"^([^/]+/t\d+)_\d+\.png$")
     ds = preprocess(str(root), str(tmp_path / "out"), cfg)
-    assert ds.data["report"]["groups"] == 18 + 12 and ds.data["report"]["largest_group"] == 3
+    assert ds.report.groups == 18 + 12 and ds.report.largest_group == 3
     where = _split_by_rel(ds, root)
     for track in {t for t in track_of.values() if "/t" in t}:
         assert len({where[rel] for rel in where if track_of[rel] == track}) == 1
-    assert ds.data["spec"]["split"]["group_pattern"] == r"^([^/]+/t\d+)_\d+\.png$"
+    assert ds.spec.split["group_pattern"] == r"^([^/]+/t\d+)_\d+\.png$"
 
 
 def test_regex_key_is_the_first_group_else_the_whole_match():

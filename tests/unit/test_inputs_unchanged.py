@@ -4,7 +4,7 @@ step checks that what it reads still has that digest, so a cache entry never hol
 import pytest
 
 from kdflow.data.source import source_fingerprint
-from kdflow.errors import DataError, KdflowError
+from kdflow.util.errors import DataError, KdflowError
 from kdflow.models.loading import TeacherSource
 from kdflow.steps.fingerprint import fingerprint_inputs
 from kdflow.steps.preprocess import run_preprocess
@@ -46,7 +46,7 @@ def test_an_mlflow_teacher_is_read_through_the_tracking_uri_parameter(tmp_path, 
     environment: the teacher steps read a models:/ teacher through it."""
     import mlflow
 
-    from kdflow import tracking
+    from kdflow.registry import tracking
     from kdflow.models.loading import load_checkpoint
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -5,7 +5,7 @@ import io
 import pytest
 import torch
 
-from kdflow.errors import ConfigError, KdflowError
+from kdflow.util.errors import ConfigError, KdflowError
 from kdflow.models import Classifier, create_model, list_models
 from kdflow.models.loading import TeacherSource, load_checkpoint, save_checkpoint
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from kdflow.config import TrainConfig
-from kdflow.training.trainer import make_optimizer
+from kdflow.training.optim import make_optimizer
 
 
 def _net() -> nn.Module:

@@ -9,7 +9,7 @@ from kdflow.config import DataConfig
 from kdflow.data.preprocess import preprocess
 from kdflow.data.shards import DatasetManifest
 from kdflow.data.split import unit_draw
-from kdflow.errors import DataError
+from kdflow.util.errors import DataError
 from tests.helpers import class_image, jpeg_bytes, make_image_folder, png_bytes
 
 CFG = DataConfig(image_size=8, val_fraction=0.2, test_fraction=0.2, seed=3)
@@ -45,8 +45,8 @@ def test_defective_files_are_dropped_and_reported(tmp_path):
     assert "different classes" in dups["kiwi/plum-lookalike.png"] and "plum/002.png" in dups
     total = sum(ds.count(s) for s in ("train", "val", "test"))
     assert total == 30 - 1  # 30 clean files; plum/002 dropped as a label conflict
-    assert ds.data["report"] == {"files_seen": 30 + 7, "dropped": 5, "duplicates_removed": 3,
-                                 "groups": 29, "largest_group": 1, "moved_to_held_out": 0}
+    assert ds.report.to_dict() == {"files_seen": 30 + 7, "dropped": 5, "duplicates_removed": 3,
+                                   "groups": 29, "largest_group": 1, "moved_to_held_out": 0}
 
 
 def test_split_is_drawn_per_sample_seeded_and_disjoint(tmp_path):
@@ -61,7 +61,7 @@ def test_split_is_drawn_per_sample_seeded_and_disjoint(tmp_path):
             u = unit_draw(3, sid)
             assert split == ("test" if u < 0.2 else "val" if u >= 0.8 else "train")
     # Per sample, not stratified: the class counts still add up, but need not be 4/4/12.
-    counts = [ds.data["splits"][s]["class_counts"] for s in ("train", "val", "test")]
+    counts = [ds.splits[s].class_counts for s in ("train", "val", "test")]
     assert [sum(c) for c in zip(*counts)] == [20, 20, 20]
     again = preprocess(str(root), str(tmp_path / "b"), CFG)
     assert again.fingerprint == ds.fingerprint and _all_ids(again) == ids
@@ -109,7 +109,7 @@ def test_stats_come_from_train_only_and_images_are_resized(tmp_path):
 def test_tampered_shard_fails_verification(tmp_path):
     root = make_image_folder(tmp_path / "d", per_class=6)
     ds = preprocess(str(root), str(tmp_path / "out"), CFG)
-    shard = tmp_path / "out" / ds.data["splits"]["train"]["shards"][0]["file"]
+    shard = tmp_path / "out" / ds.splits["train"].shards[0].file
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # one flipped byte in the pixel data
     shard.write_bytes(bytes(raw))
@@ -140,7 +140,7 @@ def test_bad_layouts_are_clear_errors(tmp_path, layout, message):
 
 
 def test_channel_statistics_are_exact_and_can_accumulate_in_batches():
-    from kdflow.data.preprocess import ChannelHistogram, channel_stats
+    from kdflow.data.stats import ChannelHistogram, channel_stats
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (50, 7, 5, 3), dtype=np.uint8)

@@ -125,12 +125,12 @@ def test_more_views_reuse_the_views_already_computed(tmp_path):
 
     cache = SoftLabelCache(str(tmp_path / "cache"))
     two = EntrySpec("t", dataset, 10, tuple(views.plan(cfg.augment, 2)))
-    _, stats = cache.write(two, infer, {})
+    _, stats = cache.write(two, infer)
     assert stats == {"views_computed": 3, "views_reused": 0}
     four = EntrySpec("t", dataset, 10, tuple(views.plan(cfg.augment, 4)))
     assert four.key != two.key and cache.lookup(four.key) is None
     calls.clear()
-    _, stats = cache.write(four, infer, {})
+    _, stats = cache.write(four, infer)
     assert stats == {"views_computed": 2, "views_reused": 3}
     assert calls == [False, False]  # only the two new augmented views ran, over the train split only
     ids = dataset.load_split("train").ids

@@ -111,8 +111,8 @@ def test_resize_mode_changes_the_fingerprint(tmp_path):
     base = dict(image_size=8, val_fraction=0.2, test_fraction=0.2, seed=3)
     squash = preprocess(str(root), str(tmp_path / "a"), DataConfig(**base))
     short = preprocess(str(root), str(tmp_path / "b"), DataConfig(**base, resize="short_side"))
-    assert squash.data["spec"]["resize"] == "squash" and short.data["spec"]["resize"] == "short_side"
-    assert squash.data["spec"]["interpolation"] == short.data["spec"]["interpolation"] == "bilinear"
+    assert squash.spec.resize == "squash" and short.spec.resize == "short_side"
+    assert squash.spec.interpolation == short.spec.interpolation == "bilinear"
     assert squash.fingerprint != short.fingerprint
     # Same mode, same data: the fingerprint is stable.
     again = preprocess(str(root), str(tmp_path / "c"), DataConfig(**base, resize="short_side"))

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from kdflow import __version__
 from kdflow.config import AugmentConfig
-from kdflow.data.shards import FORMAT as DATASET_FORMAT
-from kdflow.data.shards import DatasetManifest, SplitArrays, fingerprint, write_manifest, write_split_shards
-from kdflow.errors import CacheError
+from kdflow.data.manifest import ChannelStats, PreprocessReport, PreprocessSpec, SplitInfo
+from kdflow.data.shards import DatasetManifest, SplitArrays, write_split_shards
+from kdflow.util.errors import CacheError
 from kdflow.softlabels import views
 from kdflow.softlabels.cache import EntrySpec, SoftLabelCache
 from kdflow.softlabels.codec import compress
@@ -29,12 +28,12 @@ def make_dataset(root: Path, counts: dict[str, int], shard_size: int, classes: i
         arrays = SplitArrays(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
                              rng.integers(0, classes, n).astype(np.int64),
                              np.array([f"{split}-{seed}-{i:06d}" for i in range(n)]))
-        splits[split] = {"count": n, "shards": write_split_shards(str(root), split, arrays, shard_size)}
-    spec = {"image_size": size, "synthetic": seed}
-    write_manifest(str(root), {"format": DATASET_FORMAT, "kdflow_version": __version__, "source": "synthetic",
-                               "spec": spec, "class_names": names, "splits": splits,
-                               "stats": {"mean": [0.5] * 3, "std": [0.25] * 3},
-                               "fingerprint": fingerprint(spec, names, splits)})
+        splits[split] = SplitInfo(n, tuple(np.bincount(arrays.labels, minlength=classes).tolist()),
+                                  tuple(write_split_shards(str(root), split, arrays, shard_size)))
+    spec = PreprocessSpec(size, 3, "squash", "bilinear", {"synthetic": seed})
+    total = sum(s.count for s in splits.values())
+    DatasetManifest.build(str(root), "synthetic", spec, names, splits, ChannelStats((0.5,) * 3, (0.25,) * 3),
+                          PreprocessReport(total, 0, 0, total, 1, 0)).write()
     return DatasetManifest.open(str(root))
 
 
@@ -88,14 +87,14 @@ def _without_time(files: dict[str, bytes]) -> dict[str, object]:
 def test_fanout_gives_the_single_task_entry(dataset, tmp_path):
     single, fanned = SoftLabelCache(str(tmp_path / "one")), SoftLabelCache(str(tmp_path / "three"))
     spec = _spec(dataset)
-    single.write(spec, Teacher(3), extra={"teacher_uri": "x"})
+    single.write(spec, Teacher(3), teacher_uri="x")
     assert [u[0] for u in spec.part_units(0, 3)] == ["train"] * 4
     assert sum(len(spec.part_units(p, 3)) for p in range(3)) == len(spec.units()) == 13
     teacher = Teacher(3)
     for part in (2, 0, 1):  # any order: parts are independent
         fanned.label_part(spec, teacher, part, 3)
     assert fanned.lookup(spec.key) is None  # nothing is complete before the commit
-    _, stats = fanned.commit(spec, extra={"teacher_uri": "x"})
+    _, stats = fanned.commit(spec, teacher_uri="x")
     assert stats == {"views_computed": 3, "views_reused": 0}
     assert teacher.calls == 13 + 2 * 7  # the plain view of every shard, 2 augmented views of train's 7
     assert _without_time(_files(fanned)) == _without_time(_files(single))  # same bytes, same manifests
@@ -112,7 +111,7 @@ def test_partial_fanout_is_not_complete_and_a_rerun_labels_only_what_is_missing(
     cache.label_part(spec, Teacher(3), 2, 3)
     assert cache.lookup(spec.key) is None
     with pytest.raises(CacheError, match="not complete") as err:
-        cache.commit(spec, extra={})
+        cache.commit(spec)
     assert "re-run teacher inference" in err.value.fix
     assert cache.lookup(spec.key) is None  # the refused commit wrote nothing
     assert not list((Path(cache.root) / "softlabels").rglob("*.json"))
@@ -122,16 +121,16 @@ def test_partial_fanout_is_not_complete_and_a_rerun_labels_only_what_is_missing(
         cache.label_part(spec, rerun, part, 3)
     part1 = spec.part_units(1, 3)  # train shards 4-6 (3 views each) and val shard 0 (the plain view)
     assert rerun.calls == sum(3 if split == "train" else 1 for split, _ in part1) - 2  # 2 were kept
-    cache.commit(spec, extra={})
+    cache.commit(spec)
     assert cache.lookup(spec.key) is not None and cache.parts_with_work(spec, 3) == []
 
 
 def test_interrupted_single_task_keeps_what_it_labelled(dataset, tmp_path):
     cache, spec = SoftLabelCache(str(tmp_path / "c")), _spec(dataset, 0)
     with pytest.raises(RuntimeError, match="preempted"):
-        cache.write(spec, Teacher(3, fail_on_call=5), extra={})
+        cache.write(spec, Teacher(3, fail_on_call=5))
     rerun = Teacher(3)
-    cache.write(spec, rerun, extra={})
+    cache.write(spec, rerun)
     assert rerun.calls == 13 - 4
 
 
@@ -150,15 +149,15 @@ def test_a_failed_write_fails_the_part_and_nothing_is_committed(dataset, tmp_pat
         cache.label_part(spec, Teacher(3), 0, 1)
     monkeypatch.setattr(cache.store, "write_bytes", real)
     with pytest.raises(CacheError, match="not complete"):
-        cache.commit(spec, extra={})
+        cache.commit(spec)
     rerun = Teacher(3)
-    cache.write(spec, rerun, extra={})
+    cache.write(spec, rerun)
     assert 0 < rerun.calls < 13 and cache.lookup(spec.key) is not None
 
 
 def test_load_shard_matches_load_split_and_checks_alignment(dataset, tmp_path):
     cache, spec = SoftLabelCache(str(tmp_path / "c")), _spec(dataset)
-    cache.write(spec, Teacher(3), extra={})
+    cache.write(spec, Teacher(3))
     shards = list(dataset.iter_shards("train"))
     whole = cache.load_split(spec.key, "train", np.concatenate([s.ids for s in shards]), augmented=True)
     start = 0
@@ -179,7 +178,7 @@ def test_load_shard_matches_load_split_and_checks_alignment(dataset, tmp_path):
 
 def test_labels_round_trip_through_the_compact_format(dataset, tmp_path):
     cache, spec = SoftLabelCache(str(tmp_path / "c")), _spec(dataset, 0)
-    cache.write(spec, Teacher(3), extra={})
+    cache.write(spec, Teacher(3))
     shard = next(iter(dataset.iter_shards("val")))
     soft = cache.load_shard(spec.key, "val", 0, shard.ids)
     expected = Teacher(3)(shard.images, None)  # 3 classes <= k: whole rows, exact up to float16
@@ -201,7 +200,7 @@ def test_soft_labels_take_at_most_56_bytes_per_sample_per_view(tmp_path, rows):
     dataset = make_dataset(tmp_path / "ds", {"train": n}, shard_size=rows, classes=1000, size=4)
     spec = _spec(dataset, 2)
     cache = SoftLabelCache(str(tmp_path / "c"))
-    cache.write(spec, Teacher(1000), extra={})
+    cache.write(spec, Teacher(1000))
     sizes = {}
     for view in spec.views:
         files = list(Path(cache.view_uri(spec.view_key(view))).glob("train-*"))
@@ -211,18 +210,16 @@ def test_soft_labels_take_at_most_56_bytes_per_sample_per_view(tmp_path, rows):
     assert sizes[False] <= 56 and sizes[True] <= 46, sizes
 
 
-def test_fanout_steps_plan_part_commit(tmp_path, tiny_data, tiny_teacher, tiny_config_yaml):
+def test_fanout_steps_plan_part_commit(tmp_path, tiny_labelled, tiny_teacher, tiny_config_yaml):
     """The steps the pipeline's tasks run: the plan checks the teacher and hands out items; a commit
     before every part has finished refuses; a replaced teacher is refused; a hit plans one no-op part."""
-    from kdflow.config import Config
-    from kdflow.data.preprocess import preprocess
-    from kdflow.errors import KdflowError
+    from kdflow.util.errors import KdflowError
     from kdflow.softlabels.ref import SoftLabelRef
     from kdflow.steps.teacher import run_teacher_inference
     from kdflow.steps.teacher_fanout import run_teacher_commit, run_teacher_part, run_teacher_plan
 
     config = tiny_config_yaml.replace("teacher: {", "teacher: {shards_per_task: 1, ")
-    data = str(preprocess(str(tiny_data), str(tmp_path / "ds"), Config.from_yaml(config).data).root)
+    data = str(tiny_labelled.dataset)  # the tiny data preprocessed with these data settings (read only)
     cache = str(tmp_path / "cache")
     items = run_teacher_plan(data, tiny_teacher, config, cache)
     assert [(i["part"], i["parts"]) for i in items] == [(0, 3), (1, 3), (2, 3)]  # one per dataset shard

@@ -8,7 +8,7 @@ import pytest
 from kdflow.config import DataConfig
 from kdflow.data.preprocess import preprocess
 from kdflow.data.split import SampleTable, assign_splits, unit_draw
-from kdflow.errors import DataError
+from kdflow.util.errors import DataError
 from tests.helpers import class_image, make_image_folder, png_bytes
 
 CFG = DataConfig(image_size=8, val_fraction=0.2, test_fraction=0.2, seed=3)

@@ -13,17 +13,19 @@ import torch
 
 from kdflow.config import AugmentConfig, TrainConfig
 from kdflow.data import stream
-from kdflow.data.shards import FORMAT, DatasetManifest, SplitArrays, write_manifest, write_split_shards
-from kdflow.errors import ConfigError, DataError
+from kdflow.data.manifest import ChannelStats, PreprocessReport, PreprocessSpec, SplitInfo
+from kdflow.data.shards import DatasetManifest, SplitArrays, write_split_shards
+from kdflow.util.errors import ConfigError, DataError
 from kdflow.models import Classifier, create_model
 from kdflow.softlabels.cache import EntrySpec, SoftLabelCache
 from kdflow.softlabels.codec import compress
 from kdflow.softlabels.views import plan
-from kdflow.storage import LocalStorage, local_path, register_scheme
+from kdflow.storage import local_path, register_scheme
+from kdflow.storage.local import LocalStorage
 from kdflow.training import streaming
 from kdflow.training.batches import ArrayBatches
 from kdflow.training.streaming import ShardBatches, make_batches
-from kdflow.training.trainer import predict
+from kdflow.training.predict import predict
 from tests.helpers import count_device_reads
 
 CPU = torch.device("cpu")
@@ -36,9 +38,10 @@ def _dataset(root, n=50, shard_size=7, size=6, split="train") -> DatasetManifest
     arrays = SplitArrays(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), rng.integers(0, 3, n),
                          np.array([f"{i:016x}" for i in range(n)]))
     entries = write_split_shards(str(root), split, arrays, shard_size)
-    write_manifest(str(root), {"format": FORMAT, "fingerprint": "f" * 64, "class_names": ["a", "b", "c"],
-                               "spec": {"image_size": size}, "stats": {"mean": [0.5] * 3, "std": [0.25] * 3},
-                               "splits": {split: {"count": n, "shards": entries}}})
+    info = SplitInfo(n, tuple(np.bincount(arrays.labels, minlength=3).tolist()), tuple(entries))
+    DatasetManifest.build(str(root), "generated", PreprocessSpec(size, 3, "squash", "bilinear", {}), ["a", "b", "c"],
+                          {split: info}, ChannelStats((0.5,) * 3, (0.25,) * 3),
+                          PreprocessReport(n, 0, 0, n, 1, 0)).write()
     return DatasetManifest.open(str(root))
 
 
@@ -54,7 +57,7 @@ def _cached(ds: DatasetManifest, root) -> tuple[SoftLabelCache, str]:
     """A soft-label cache entry of ``ds`` with the plain view and 2 augmented views."""
     cache = SoftLabelCache(str(root))
     spec = EntrySpec("t", ds, 3, tuple(plan(AUG, 2)))
-    cache.write(spec, _infer, extra={})
+    cache.write(spec, _infer)
     return cache, spec.key
 
 
@@ -95,7 +98,7 @@ def test_iter_shards_reads_in_order_and_from_a_start(tmp_path):
 
 def test_a_corrupt_shard_raises_its_data_error_at_that_shard(tmp_path):
     ds = _dataset(tmp_path)
-    bad = local_path(str(tmp_path)) / ds.data["splits"]["train"]["shards"][2]["file"]
+    bad = local_path(str(tmp_path)) / ds.splits["train"].shards[2].file
     bad.write_bytes(bad.read_bytes()[:-1] + b"x")
     seen = []
     with pytest.raises(DataError, match="does not match its manifest digest"):
@@ -155,7 +158,7 @@ def test_remote_shards_are_downloaded_once_into_a_bounded_disk_cache(tmp_path, m
     assert len([u for u in _CountingS3.reads if u.endswith(".npz")]) == 8
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     # A damaged local copy is not trusted: downloaded again.
-    digest = ds.data["splits"]["train"]["shards"][0]["sha256"]
+    digest = ds.splits["train"].shards[0].sha256
     (tmp_path / "cache" / f"{digest}.npz").write_bytes(b"junk")
     assert np.array_equal(ds.read_shard("train", 0).ids, first[0])
     assert len([u for u in _CountingS3.reads if u.endswith(".npz")]) == 9
@@ -166,7 +169,7 @@ def test_remote_shards_are_downloaded_once_into_a_bounded_disk_cache(tmp_path, m
     list(ds.iter_shards("train", prefetch=0))
     assert stream.shard_cache().total_bytes() <= 3 * one
     kept = {p.stem for p in (tmp_path / "small").glob("*.npz")}
-    assert kept == {s["sha256"] for s in ds.data["splits"]["train"]["shards"][-3:]}
+    assert kept == {s.sha256 for s in ds.splits["train"].shards[-3:]}
 
 
 # -- ShardBatches --------------------------------------------------------------------------------

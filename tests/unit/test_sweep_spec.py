@@ -6,7 +6,7 @@ import random
 import pytest
 
 from kdflow.config import Config
-from kdflow.errors import ConfigError
+from kdflow.util.errors import ConfigError
 from kdflow.sweep import MAX_TRIALS, SweepPlan, SweepSpec, expand
 from kdflow.sweep.report import TrialResult, plot_trials, ranked, table_markdown, trial_table
 

@@ -1,13 +1,12 @@
 """The training loop: seeded, resumable to the same weights, and loud about divergence."""
 
-import dataclasses
 
 import pytest
 import torch
 
 from kdflow.config import TrainConfig
 from kdflow.distillers import build_distiller, get_distiller_class
-from kdflow.errors import KdflowError
+from kdflow.util.errors import KdflowError
 from kdflow.models import Classifier, create_model
 from kdflow.training.batches import ArrayBatches
 from kdflow.training.trainer import fit
@@ -24,12 +23,11 @@ HINT = {"pairs": [{"teacher": "stages.1", "student": "stages.0", "weight": 1.0}]
 
 
 def _train(cfg, checkpoint_dir=None, method="ce", out=None):
-    from kdflow.typed import from_dict
 
     torch.manual_seed(0)
     student = Classifier(create_model("convnet_xs", 3), (0.5,) * 3, (0.25,) * 3)
     teacher = Classifier(create_model("convnet_s", 3), (0.5,) * 3, (0.25,) * 3) if method != "ce" else None
-    options = from_dict(get_distiller_class(method).Options, HINT if method == "hint" else {})
+    options = get_distiller_class(method).Options.from_dict(HINT if method == "hint" else {})
     distiller = build_distiller(method, student, teacher, options)
     batches = ArrayBatches(_arrays(), cfg.batch_size, torch.device("cpu"))
     metrics = fit(distiller, batches, cfg, checkpoint_dir=checkpoint_dir)
@@ -87,7 +85,7 @@ def test_frozen_teacher_stays_in_eval_mode():
 
 def test_divergence_is_reported_with_a_fix():
     with pytest.raises(KdflowError, match=r"(?s)training loss became nan.*lower train.lr"):
-        _train(dataclasses.replace(CFG, lr=1e30))
+        _train(CFG.replace(lr=1e30))
 
 
 def test_full_fp32_turns_tf32_off_and_restores_it():
@@ -117,7 +115,7 @@ def test_the_step_loop_does_not_wait_for_the_device(monkeypatch):
         batches = ArrayBatches(_arrays(n_per_class), 4, torch.device("cpu"))
         steps = batches.steps_per_epoch()
         reads["n"] = 0
-        fit(distiller, batches, dataclasses.replace(CFG, epochs=1, warmup_epochs=0, batch_size=4))
+        fit(distiller, batches, CFG.replace(epochs=1, warmup_epochs=0, batch_size=4))
         return reads["n"], steps
 
     for method in ("ce", "kd"):
@@ -147,7 +145,7 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     step from the checkpoint and ends with the same weights and the same epoch sums."""
     import kdflow.training.trainer as trainer
 
-    cfg = dataclasses.replace(CFG, checkpoint_every_steps=2)
+    cfg = CFG.replace(checkpoint_every_steps=2)
     straight, straight_history = _train_aug(cfg)
 
     real_make, real_save, saved = trainer.make_optimizer, trainer._save, []
@@ -209,9 +207,9 @@ def test_a_checkpoint_without_an_identity_is_not_resumed(tmp_path, monkeypatch):
 def test_each_epoch_reports_its_progress(caplog):
     import logging
 
-    with caplog.at_level(logging.INFO, logger="kdflow.progress"):
+    with caplog.at_level(logging.INFO, logger="kdflow.util.progress"):
         _train(CFG)
-    lines = [r.getMessage() for r in caplog.records if r.name == "kdflow.progress"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "kdflow.util.progress"]
     assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     assert all("32/32 img (100%)" in line and "img/s" in line for line in lines)
 
@@ -229,8 +227,8 @@ def test_the_optimizer_step_is_batched():
 
     for name in ("sgd", "adamw"):
         net = create_model("convnet_xs", 3)
-        opt = make_optimizer(net.parameters(), dataclasses.replace(CFG, optimizer=name))
+        opt = make_optimizer(net.parameters(), CFG.replace(optimizer=name))
         assert all(g["foreach"] and not g.get("fused") for g in opt.param_groups), name
         if torch.cuda.is_available():
-            opt = make_optimizer(net.cuda().parameters(), dataclasses.replace(CFG, optimizer=name))
+            opt = make_optimizer(net.cuda().parameters(), CFG.replace(optimizer=name))
             assert all(g["fused"] for g in opt.param_groups), name

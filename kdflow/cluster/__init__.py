@@ -1,0 +1,1 @@
+"""The cluster side: what is checked before a run leaves this machine, cron schedules, Trainer jobs."""

@@ -1,0 +1,1 @@
+"""Small utilities every layer uses: errors, logging, redaction, progress, CPUs, memory."""

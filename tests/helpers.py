@@ -140,8 +140,9 @@ def hang_guard(seconds: float) -> float:
     """A time limit that only catches a hang, never a slow machine: ``seconds`` is generous for an idle
     2-core machine, and grows with the load when the guard starts (other work on the machine slows every
     process of the tests alike); KDFLOW_TEST_TIMEOUT_SCALE multiplies it further (a slow CI runner)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
-        load = os.getloadavg()[0] / (os.cpu_count() or 1)
+        load = os.getloadavg()[0] / cpus
     except OSError:  # no load average on this platform
         load = 1.0
     return seconds * max(1.0, load) * float(os.environ.get("KDFLOW_TEST_TIMEOUT_SCALE") or 1)

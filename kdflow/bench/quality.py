@@ -97,7 +97,7 @@ class Profile:
 
 
 PROFILES = {
-    # What the issue asks for: the full data, 30 epochs, for a GPU.
+    # The full benchmark: the full data, 30 epochs, for a GPU.
     "gpu": Profile(train_per_class=None, test_per_class=None, epochs=30, adapt_epochs=5, views=16),
     # A stated subset and shorter schedule for 2 CPU cores: about 100 s per offline row and seed,
     # about 200 s per online one (ce, kd-plain, kd-views, kd-online: about half an hour for 3 seeds).

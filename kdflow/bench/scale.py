@@ -11,9 +11,9 @@ The parent measures each child's peak resident set size with ``os.wait4`` (``ru_
 in KiB; the maximum of that process and of any descendant it waited for, never a sum). Because a
 process pool's workers are separate processes, the parent also samples the whole process tree's
 summed RSS every 50 ms ("tree peak, sampled"): a sampled figure can miss a short spike, so the verdict
-is on ``ru_maxrss``, as the issue states it; the sampled one is printed beside it.
+is on ``ru_maxrss``; the sampled one is printed beside it.
 
-Criterion (issue 9): each step's peak RSS grows by less than 25% from the smallest to the largest N.
+Criterion: each step's peak RSS grows by less than 25% from the smallest to the largest N.
 Small sizes (``--quick``) are dominated by the interpreter and torch; they check the plumbing only.
 """
 
@@ -32,7 +32,7 @@ from pathlib import Path
 STEPS = ("preprocess", "teacher", "train")
 DEFAULT_SIZES = (10_000, 40_000, 160_000)
 QUICK_SIZES = (300, 600)
-MAX_GROWTH = 0.25  # the issue's bound: peak RSS at the largest N < 1.25 x that at the smallest
+MAX_GROWTH = 0.25  # the bound: peak RSS at the largest N < 1.25 x that at the smallest
 IMAGE_SIZE = 64
 CLASSES = 10
 TEACHER_ARCH = "resnet8"

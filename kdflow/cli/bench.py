@@ -84,7 +84,7 @@ def bench_scale(sizes, quick, workdir, output, no_write) -> None:
 
 @bench.command("throughput")
 @click.option("--profile", type=click.Choice(["gpu", "cpu-reduced", "quick"]), default="gpu", show_default=True,
-              help="gpu: the issue's sizes on one GPU (ResNet-50 -> ResNet-18 at 224 px, ResNet-56 -> ResNet-20 at "
+              help="gpu: the full sizes on one GPU (ResNet-50 -> ResNet-18 at 224 px, ResNet-56 -> ResNet-20 at "
                    "32 px). cpu-reduced: smaller images and sets for a CPU (ratios only). quick: seconds, plumbing.")
 @click.option("--pairs", default="imagenet,cifar", show_default=True,
               help="Comma-separated teacher -> student pairs to measure: imagenet, cifar; none: only the pipeline "

@@ -27,7 +27,7 @@ from kdflow.util.errors import ConfigError
 class Strict(BaseModel):
     """Base of every model loaded from a config file."""
 
-    model_config = ConfigDict(strict=True, frozen=True, extra="forbid", use_attribute_docstrings=False)
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "") -> "Strict":

@@ -28,11 +28,11 @@ class Tag:
     VIEWS = "kdflow.softlabel_views"  # augmented views replayed (0: the plain view)
     PROCESSES = "kdflow.processes"  # training processes (DDP ranks; 1 without torchrun)
     GATE_PASSED = "kdflow.gate_passed"
-    GATE = "kdflow.evaluation.gate"  # the verdict in words
-    GATE_CHECK_PREFIX = "kdflow.evaluation.gate."  # + check name: "pass|FAIL name = value (limit): why"
+    GATE = "kdflow.gate"  # the verdict in words
+    GATE_CHECK_PREFIX = "kdflow.gate."  # + check name: "pass|FAIL name = value (limit): why"
     PROMOTABLE = "kdflow.promotable"  # "true": passed the absolute checks and the champion check
     CHAMPION_CHECK = "kdflow.champion_check"  # the champion check at evaluation, in words
-    EXPORT_PREFIX = "kdflow.evaluation.export."  # + format: its runs:/ URI; + format + ".check": how it matched PyTorch
+    EXPORT_PREFIX = "kdflow.export."  # + format: its runs:/ URI; + format + ".check": how it matched PyTorch
     RUN_ID = "kdflow.run_id"
     MODEL_URI = "kdflow.model_uri"  # on a distillation run: the model it logged (a retry reuses it)
     REGISTERED_MODEL = "kdflow.registered_model"

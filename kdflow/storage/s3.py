@@ -26,7 +26,7 @@ from typing import Callable
 from urllib.parse import urlparse
 
 from kdflow.storage.base import ObjectInfo, Storage, register_scheme
-from kdflow.storage.s3client import ENV_ATTEMPTS, MAX_ATTEMPTS, S3Settings, backoff_s, new_client  # noqa: F401
+from kdflow.storage.s3client import ENV_ATTEMPTS, S3Settings, backoff_s, new_client
 from kdflow.util.errors import StorageError
 
 # Error codes worth retrying (besides any 5xx status); 429 is throttling too.

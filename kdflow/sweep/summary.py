@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdflow.registry.tags import SweepTag  # noqa: F401  (re-exported: the sweep's readers use it from here)
+from kdflow.registry.tags import SweepTag
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,7 @@ def test_distill_and_evaluate_then_register_refuses_a_failed_gate(runner, tiny_d
     assert out.outputs["passed"] is False
     run = MlflowClient(tracking).get_run(out.outputs["run_id"])
     assert run.data.tags["kdflow.gate_passed"] == "false"
-    assert "gate.min_accuracy=1.0" in run.data.tags["kdflow.evaluation.gate"]
+    assert "gate.min_accuracy=1.0" in run.data.tags["kdflow.gate"]
     assert {"test_student_accuracy", "test_teacher_accuracy", "test_agreement"} <= set(run.data.metrics)
 
     # The registration component refuses a run that did not pass, and no version appears.

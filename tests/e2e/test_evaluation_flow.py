@@ -101,9 +101,9 @@ def test_evaluation_gate_promotion_and_rollback(tmp_path, tiny_data, tiny_teache
     # The version carries the verdict, every check and the lineage.
     v1 = client.get_model_version(NAME, "1")
     assert v1.tags["kdflow.gate_passed"] == "true" and v1.tags["kdflow.promotable"] == "true"
-    assert v1.tags["kdflow.evaluation.gate.min_teacher_accuracy"].startswith("pass")
-    assert v1.tags["kdflow.evaluation.export.onnx"] == f"runs:/{first.run_id}/export/model.onnx"
-    onnx_check = v1.tags["kdflow.evaluation.export.onnx.check"]
+    assert v1.tags["kdflow.gate.min_teacher_accuracy"].startswith("pass")
+    assert v1.tags["kdflow.export.onnx"] == f"runs:/{first.run_id}/export/model.onnx"
+    onnx_check = v1.tags["kdflow.export.onnx.check"]
     assert onnx_check.startswith("pass") and "onnxruntime" in onnx_check
     for tag in ("kdflow.teacher_digest", "kdflow.dataset_fingerprint", "kdflow.softlabel_cache_key", "kdflow.method",
                 "kdflow.config_hash", "kdflow.pipeline_run", "kdflow.code_version", "kdflow.run_id"):

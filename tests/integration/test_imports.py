@@ -22,8 +22,9 @@ def _loaded_after(code: str) -> set[str]:
     return set(done.stdout.split())
 
 
-# The module each component imports when its task starts, and what that import must not load.
-# (The steps that run a model, teacher inference, distillation and evaluation, need torch anyway.)
+# The modules the components import when their task starts (and registry.tracking, which the tracking
+# and registration steps use): none loads torch, MLflow or matplotlib before it needs them. The steps
+# that run a model (teacher inference, distillation, evaluation) need torch anyway.
 @pytest.mark.parametrize("module", ["kdflow.steps.fingerprint", "kdflow.steps.preprocess", "kdflow.steps.champion",
                                     "kdflow.steps.adapt", "kdflow.steps.register", "kdflow.steps.sweep",
                                     "kdflow.steps.trainjob", "kdflow.registry.tracking"])

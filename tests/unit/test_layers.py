@@ -2,12 +2,8 @@
 package keeps its shape: sub-packages by concept, no import cycle, no oversized module."""
 
 import ast
-import pkgutil
-import subprocess
-import sys
 from pathlib import Path
 
-import kdflow
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "kdflow"
@@ -145,25 +141,6 @@ def test_no_module_is_over_400_lines():
     assert long == {}
 
 
-def test_loading_a_config_imports_neither_torch_nor_kfp():
-    """The configuration layer is torch-free: a config loads, checks and prints its schema without
-    the 1-2 s torch import (the CLI's config command, the sweep planner and every step's start)."""
-    code = ("import sys\nfrom kdflow.config import Config\nfrom kdflow.config.schema import config_schema\n"
-            "Config.from_yaml('{}'); Config.from_yaml('distill: {method: hint, options: {pairs: "
-            "[{teacher: layer2, student: stages.1}]}}'); config_schema()\n"
-            "assert 'torch' not in sys.modules and 'kfp' not in sys.modules, "
-            "sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'kfp'))\n")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
-
-
-def test_importing_every_kdflow_module_does_not_import_kfp():
-    modules = [m.name for m in pkgutil.walk_packages(kdflow.__path__, "kdflow.")]
-    code = ("import importlib, sys\n"
-            f"for m in {modules!r}: importlib.import_module(m)\n"
-            "assert 'kfp' not in sys.modules, sorted(k for k in sys.modules if k.startswith('kfp'))\n")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
-
-
 def test_no_kfp_import_statement_in_the_core():
     """Every import statement of every module, in functions too: the core never names kfp, and only
     the CLI (the entry layer) reaches the components and pipelines."""
@@ -197,9 +174,3 @@ def test_the_package_list_installs_every_package_under_kdflow():
     assert on_disk | {"kdflow.components", "kdflow.pipelines"} == set(setup["packages"])
     assert setup["package-dir"]["kdflow.components"] == "components"
     assert setup["package-dir"]["kdflow.pipelines"] == "pipelines"
-
-
-def test_components_and_pipelines_import_under_kdflow_only():
-    code = ("import importlib.util as u, kdflow.components.images, kdflow.pipelines.local\n"
-            "assert u.find_spec('components') is None and u.find_spec('pipelines') is None\n")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
